@@ -1,0 +1,60 @@
+"""The FastAPI application: small on purpose; the routes live in services/api/routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from models.specs import load_registry
+from services.api.deps import require_api_key
+from services.api.errors import install_error_handlers
+from services.api.limits import BodyLimitMiddleware
+from services.api.metrics import MetricsMiddleware
+from services.api.routes import health, jobs, models, submit
+from services.api.state import ApiState, make_async_redis
+from services.api.waiter import ResultWaiter
+from services.common.celery_app import make_celery
+from services.common.errors import ConfigError
+from services.common.settings import ApiSettings, get_api_settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the app; settings are read from the environment unless given."""
+    settings = settings or get_api_settings()
+    registry = load_registry(settings.models_file)
+    unknown = [m for m in settings.models if m not in registry]
+    if unknown:
+        raise ConfigError(f"VISIONQ_MODELS names unknown model(s): {', '.join(unknown)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = make_async_redis(settings)
+        waiter = ResultWaiter(client)
+        app.state.visionq = ApiState(settings, client, make_celery(settings), waiter, registry)
+        await waiter.start()
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="visionq",
+        version="0.1.0",
+        description="Image inference on GPU queues: upload images, get top-k labels.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    auth = [Depends(require_api_key)]
+    app.include_router(submit.router, dependencies=auth)
+    app.include_router(jobs.router, dependencies=auth)
+    app.include_router(models.router, dependencies=auth)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,94 @@
+"""POST /v1/predict (wait for results) and POST /v1/jobs (202, poll later)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from services.api.deps import StateDep
+from services.api.records import fetch_records
+from services.api.submit import check_model, new_job_ids, submit
+from services.api.uploads import read_form
+from services.common.errors import InvalidImage, Timeout
+from services.common.jobs import JobRecord, Status
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+_FORM_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "model": {"type": "string"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "timeout": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[str, Any]:
+    if record is None:
+        return {"filename": filename, "job_id": job_id,
+                "error": {"code": "expired", "message": "the job record expired"}}
+    out: dict[str, Any] = {"filename": filename, "job_id": job_id}
+    if record.status == Status.SUCCEEDED and record.result is not None:
+        out["top_k"] = record.result.get("top_k", [])
+    else:
+        out["error"] = record.error or {"code": record.status, "message": f"job {record.status}"}
+    out["timings"] = record.timings
+    return out
+
+
+@router.post("/predict", openapi_extra=_FORM_DOC)
+async def predict(request: Request, state: StateDep) -> JSONResponse:
+    """Upload images and wait for their top-k (504 with the job ids when not in time)."""
+    form = await read_form(request, state.settings)
+    check_model(state, form.model)
+    job_ids = new_job_ids(len(form.files))
+    events = state.waiter.register(job_ids)
+    try:
+        await submit(state, form, job_ids)
+        timeout = form.timeout or state.settings.predict_timeout_s
+        finished = await state.waiter.wait(events, timeout)
+    finally:
+        state.waiter.unregister(events)
+    records = await fetch_records(state.redis, job_ids)
+    if not finished and any(r is not None and r.status not in _ENDED for r in records):
+        exc = Timeout(f"not done within {timeout:g}s; poll the jobs", job_ids=job_ids)
+        raise exc
+    predictions = [
+        _prediction(r, j, u.filename) for r, j, u in zip(records, job_ids, form.files, strict=True)
+    ]
+    if all(p.get("error", {}).get("code") == InvalidImage.code for p in predictions):
+        first = predictions[0]["error"]
+        raise InvalidImage(first["message"], job_ids=job_ids)
+    return JSONResponse({"model": form.model, "predictions": predictions})
+
+
+_ENDED = {s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)}
+
+
+@router.post("/jobs", status_code=202, openapi_extra=_FORM_DOC)
+async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
+    """Upload images and get job ids to poll."""
+    form = await read_form(request, state.settings)
+    check_model(state, form.model)
+    job_ids = new_job_ids(len(form.files))
+    await submit(state, form, job_ids)
+    base = str(request.base_url).rstrip("/")
+    jobs = [
+        {"job_id": j, "filename": u.filename, "status_url": f"{base}/v1/jobs/{j}"}
+        for j, u in zip(job_ids, form.files, strict=True)
+    ]
+    return JSONResponse({"jobs": jobs}, status_code=202)

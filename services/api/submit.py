@@ -1,0 +1,106 @@
+"""Turn checked uploads into queued jobs: one Lua call stores them, Celery enqueues ids."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import anyio
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from services.api.metrics import API_METRICS
+from services.api.state import ApiState
+from services.api.uploads import SubmitForm
+from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull
+from services.common.jobs import (
+    DONE_CHANNEL,
+    SUBMIT_LUA,
+    TASK_NAME,
+    image_key,
+    job_key,
+    queue_name,
+)
+
+logger = logging.getLogger(__name__)
+
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def check_model(state: ApiState, model: str) -> None:
+    """404 unless the model is served here."""
+    if model not in state.settings.models:
+        raise ModelNotFound(
+            f"model {model!r} is not served; available: {', '.join(state.settings.models)}"
+        )
+
+
+def new_job_ids(count: int) -> list[str]:
+    """Random, unguessable job ids."""
+    return [uuid.uuid4().hex for _ in range(count)]
+
+
+async def store_jobs(state: ApiState, form: SubmitForm, job_ids: list[str]) -> None:
+    """Write job records and images atomically, refusing when the queue is too deep."""
+    settings = state.settings
+    keys = [DONE_CHANNEL, queue_name(form.model)]
+    args: list[Any] = [
+        settings.queue_max_depth,
+        settings.job_ttl_s,
+        form.model,
+        time.time(),
+        form.top_k,
+        "" if form.timeout is None else time.time() + form.timeout,
+    ]
+    for job_id, upload in zip(job_ids, form.files, strict=True):
+        keys += [job_key(job_id), image_key(job_id)]
+        args += [job_id, upload.filename, upload.data]
+    depth = await state.redis.eval(SUBMIT_LUA, len(keys), *keys, *args)
+    if int(depth) < 0:
+        API_METRICS.jobs_rejected.labels(form.model, "queue_full").inc(len(job_ids))
+        raise QueueFull(
+            f"queue {queue_name(form.model)} holds VISIONQ_QUEUE_MAX_DEPTH="
+            f"{settings.queue_max_depth} jobs or more; retry later",
+            retry_after_s=settings.retry_after_s,
+        )
+
+
+def _publish(celery: Celery, model: str, job_ids: list[str]) -> None:
+    queue = queue_name(model)
+    with celery.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            celery.send_task(
+                TASK_NAME,
+                args=[job_id, model],
+                queue=queue,
+                task_id=job_id,
+                producer=producer,
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
+            )
+
+
+async def submit(state: ApiState, form: SubmitForm, job_ids: list[str]) -> None:
+    """Store then enqueue; a job whose message could not be sent is marked failed."""
+    check_model(state, form.model)
+    await store_jobs(state, form, job_ids)
+    try:
+        # kombu publishes with blocking sockets: keep it off the event loop.
+        await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        await _fail_unsent(state, job_ids)
+        raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc
+    API_METRICS.jobs_submitted.labels(form.model).inc(len(job_ids))
+
+
+async def _fail_unsent(state: ApiState, job_ids: list[str]) -> None:
+    try:
+        pipe = state.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.delete(job_key(job_id), image_key(job_id))
+        await pipe.execute()
+    except redis.RedisError:
+        logger.warning("could not clean up %d unsent jobs; they expire by TTL", len(job_ids))

@@ -1,0 +1,117 @@
+"""Read and check a multipart upload: files sniffed by content, fields range-checked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from models.preprocess import check_image
+from services.common.errors import (
+    PayloadTooLarge,
+    RequestInvalid,
+    UnsupportedMediaType,
+    VisionqError,
+)
+from services.common.settings import ApiSettings
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_N = TypeVar("_N", int, float)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One checked image."""
+
+    filename: str
+    data: bytes
+    format: str
+
+
+@dataclass(frozen=True)
+class SubmitForm:
+    """The checked form of POST /v1/predict and /v1/jobs."""
+
+    model: str
+    top_k: int
+    timeout: float | None
+    files: list[Upload]
+
+
+def safe_filename(name: str | None, index: int) -> str:
+    """The client's file name with folders and control characters removed."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = _UNSAFE.sub("", base).strip()[:200]
+    return base or f"file{index}"
+
+
+async def read_form(request: Request, settings: ApiSettings) -> SubmitForm:
+    """Parse, limit and validate the form; raise a VisionqError for anything wrong."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "send multipart/form-data with one or more 'file' parts", received=content_type[:100]
+        )
+    try:
+        form = await request.form(max_files=settings.max_files_per_request, max_fields=32)
+    except HTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise PayloadTooLarge(
+                f"more than VISIONQ_MAX_FILES_PER_REQUEST={settings.max_files_per_request} files"
+            ) from exc
+        raise RequestInvalid(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        return await _check(form, settings)
+    finally:
+        await form.close()
+
+
+async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
+    model = _text(form, "model") or settings.default_model
+    top_k = _number(form, "top_k", int, default=5, low=1, high=1000)
+    timeout = _number(form, "timeout", float, default=None, low=0.001, high=settings.max_timeout_s)
+    parts = form.getlist("file")
+    if not parts:
+        raise RequestInvalid("no 'file' part: upload at least one image")
+    uploads: list[Upload] = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, UploadFile):
+            raise RequestInvalid("'file' must be a file part, not a text field")
+        name = safe_filename(part.filename, index)
+        data = await part.read()
+        try:
+            info = check_image(data, max_pixels=settings.max_image_pixels)
+        except VisionqError as exc:
+            exc.message = f"{name}: {exc.message}"
+            exc.details["filename"] = name
+            raise
+        uploads.append(Upload(name, data, info.format))
+    return SubmitForm(model=model, top_k=top_k, timeout=timeout, files=uploads)
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestInvalid(f"{name!r} must be a text field")
+    return value.strip() or None
+
+
+def _number(
+    form: FormData, name: str, kind: type[_N], default: _N | None, low: _N, high: _N
+) -> _N | None:
+    raw = _text(form, name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError as exc:
+        raise RequestInvalid(f"{name!r} must be a {kind.__name__}, got {raw[:20]!r}") from exc
+    if not low <= value <= high:
+        raise RequestInvalid(f"{name!r} must be between {low} and {high}, got {value}")
+    return value

@@ -1,0 +1,211 @@
+"""The ``visionq`` command line: argparse subcommands; heavy imports happen inside each one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.common.errors import ConfigError
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port")
+    return value
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: write auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _models(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole stack."""
+    from services.cli.up import run_up
+
+    return run_up(args.host, args.port, args.redis_port, args.workers, args.redis_dir)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run the API server in this process."""
+    import uvicorn
+
+    from services.common.settings import get_api_settings
+
+    settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
+    uvicorn.run(
+        "services.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker in this process."""
+    from services.common.settings import get_worker_settings
+
+    settings = get_worker_settings()
+    from services.gpu_worker.main import run_worker
+
+    device: str = args.device or settings.device
+    index: int = args.index if args.index is not None else settings.worker_index
+    return run_worker(device, args.models, index)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Run one pinned worker per GPU."""
+    from services.cli.up import run_workers
+
+    return run_workers(args.gpus)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models."""
+    from services.cli.models_cmd import print_models
+    from services.common.settings import get_api_settings
+
+    return print_models(get_api_settings(), sys.stdout)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Send images to the API."""
+    from services.cli.predict import PredictOptions, collect_images, predict_files
+
+    files = collect_images(args.paths)
+    if not files:
+        raise ConfigError("no images found (looked for .jpg, .jpeg, .png, .webp files)")
+    opts = PredictOptions(
+        url=args.url,
+        model=args.model,
+        top_k=args.top_k,
+        timeout_s=args.timeout,
+        concurrency=args.concurrency,
+        api_key=args.api_key,
+    )
+    if args.out is None:
+        failed = predict_files(files, opts, sys.stdout)
+    else:
+        with open(args.out, "w", encoding="utf-8") as out:
+            failed = predict_files(files, opts, out)
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Placeholder until the benchmark harness lands."""
+    print("not implemented yet: see the performance issue", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="visionq",
+        description="GPU image-inference service. Settings come from VISIONQ_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "Redis (embedded unless VISIONQ_REDIS_URL is set), API and workers")
+    p.add_argument("--host", default="127.0.0.1", help="API bind address")
+    p.add_argument("--port", type=_port, default=8000, help="API port")
+    p.add_argument("--redis-port", type=_port, default=0, help="embedded Redis port; 0 = free")
+    p.add_argument(
+        "--redis-dir",
+        type=Path,
+        default=None,
+        help="keep the embedded Redis data here (default: a temporary folder)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="CPU workers when no GPU is visible (default 1); else the first N GPUs",
+    )
+
+    p = add("api", cmd_api, "the API server only")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8000)
+
+    p = add("worker", cmd_worker, "one worker pinned to one device")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda:N, cuda or auto (default VISIONQ_DEVICE)")  # fmt: skip
+    p.add_argument("--models", type=_models, default=None,
+                   help="comma list of models (default VISIONQ_MODELS)")  # fmt: skip
+    p.add_argument("--index", type=int, default=None, help="worker index (metrics port offset)")
+
+    p = add("workers", cmd_workers, "one worker process per GPU")
+    p.add_argument("--gpus", default="all", help="all, or a comma list of GPU ids such as 0,2")
+
+    p = add("predict", cmd_predict, "send image files or folders to the API; JSON lines out")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--model", default=None, help="default: the server's default model")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--out", default=None, help="JSON lines file (default stdout)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds the server may wait")
+    p.add_argument("--concurrency", type=_positive_int, default=4)
+    p.add_argument("--api-key", default=None, help="sent as the X-API-Key header")
+
+    add("models", cmd_models, "registered models and where their weights come from")
+    p = add("bench", cmd_bench, "benchmark harness (not implemented yet)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _log_level() -> str:
+    from services.common.settings import get_api_settings
+
+    try:
+        return get_api_settings().log_level
+    except ConfigError:
+        return "INFO"  # the command that needs the settings reports what is wrong
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=_log_level(), format=_LOG_FORMAT)
+    # One INFO line per HTTP request would drown the readiness and progress output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"visionq {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

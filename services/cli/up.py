@@ -1,0 +1,162 @@
+"""``visionq up`` and ``visionq workers``: the whole stack, or the GPU workers, supervised."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from services.cli.gpus import parse_gpu_arg, visible_gpus
+from services.cli.supervisor import ChildSpec, Supervisor, describe_returncode, worker_spec
+from services.common.errors import ConfigError
+from services.common.redis_server import RedisServer, RedisServerError
+from services.common.settings import get_api_settings
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 5.0
+
+
+def plan_workers(gpus: list[str], workers: int | None) -> list[str | None]:
+    """One worker per GPU (the first ``workers`` of them), or ``workers`` CPU workers."""
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if not gpus:
+        return [None] * (workers or 1)
+    if workers is not None and workers > len(gpus):
+        raise ConfigError(
+            f"--workers {workers}: only {len(gpus)} GPU(s) visible ({', '.join(gpus)}); "
+            "set CUDA_VISIBLE_DEVICES= to run CPU workers instead"
+        )
+    return list(gpus[:workers] if workers is not None else gpus)
+
+
+def _probe_url(host: str, port: int) -> str:
+    # A wildcard bind address is not something a client can connect to.
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in probe:
+        probe = f"[{probe}]"
+    return f"http://{probe}:{port}"
+
+
+def _readyz_reason(client: httpx.Client, url: str) -> str | None:
+    try:
+        resp = client.get(f"{url}/readyz")
+    except httpx.HTTPError as exc:
+        return f"API not answering ({type(exc).__name__})"
+    if resp.status_code == 200:
+        return None
+    try:
+        body = resp.json()
+        err = body.get("error", body) if isinstance(body, dict) else body
+        detail = err.get("message", err) if isinstance(err, dict) else err
+    except ValueError:
+        detail = resp.text[:200]
+    return f"/readyz answered {resp.status_code}: {detail}"
+
+
+def wait_ready(sup: Supervisor, url: str, timeout_s: float) -> str | None:
+    """Poll /readyz until 200; the reason it failed, or None when ready (or interrupted)."""
+    start = time.monotonic()
+    last_report = start
+    reason = "not asked yet"
+    with httpx.Client(timeout=2.0) as client:
+        while not sup.stopping:
+            ended = sup.check(restart=False)
+            if ended:
+                e = ended[0]
+                return f"{e.name} ended with {describe_returncode(e.returncode)} before ready"
+            reason = _readyz_reason(client, url) or ""
+            if not reason:
+                return None
+            now = time.monotonic()
+            if now - start > timeout_s:
+                return f"not ready after {timeout_s:.0f} s: {reason}"
+            if now - last_report >= PROGRESS_EVERY_S:
+                print(f"waiting for {url}/readyz ({now - start:.0f} s): {reason}", file=sys.stderr)
+                last_report = now
+            sup.wait(0.5)
+    return None
+
+
+def _describe_workers(plan: list[str | None]) -> str:
+    if all(gpu is None for gpu in plan):
+        return "cpu"
+    return ", ".join(f"GPU {gpu}" for gpu in plan if gpu is not None)
+
+
+def run_up(
+    host: str,
+    port: int,
+    redis_port: int,
+    workers: int | None,
+    redis_dir: Path | None = None,
+    ready_timeout_s: float = 120.0,
+) -> int:
+    """Start Redis (unless VISIONQ_REDIS_URL is set), the API and the workers; supervise."""
+    settings = get_api_settings()
+    plan = plan_workers(visible_gpus(), workers)
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    redis_server: RedisServer | None = None
+    failed = False
+    try:
+        if "redis_url" in settings.model_fields_set:
+            redis_url = settings.redis_url
+            redis_desc = f"{redis_url} (external)"
+        else:
+            # appendonly: queued jobs survive a Redis crash that the supervisor restarts.
+            redis_server = RedisServer(redis_port, appendonly=True, dir=redis_dir).start()
+            redis_url = redis_server.url
+            redis_desc = f"{redis_url} (embedded, data in {redis_server.dir})"
+        env = {"VISIONQ_REDIS_URL": redis_url}
+        api_argv = [sys.executable, "-m", "services.cli.main", "api"]
+        sup.add(ChildSpec("api", [*api_argv, "--host", host, "--port", str(port)], env))
+        for index, gpu in enumerate(plan):
+            spec = worker_spec(index, gpu)
+            sup.add(ChildSpec(spec.name, spec.argv, {**spec.env, **env}))
+        url = _probe_url(host, port)
+        problem = wait_ready(sup, url, ready_timeout_s)
+        if problem is not None:
+            print(f"visionq up failed: {problem}; stopping everything", file=sys.stderr)
+            return 1
+        if sup.stopping:
+            return 0
+        print(
+            f"visionq is up: API at {url} (docs {url}/docs), Redis at {redis_desc}, "
+            f"{len(plan)} worker(s) on {_describe_workers(plan)}. Ctrl-C stops it.",
+            flush=True,
+        )
+
+        def keep_redis_alive() -> None:
+            nonlocal failed
+            if redis_server is None or redis_server.running:
+                return
+            logger.warning("embedded redis-server died; restarting it on the same port")
+            try:
+                redis_server.restart()
+            except RedisServerError as exc:
+                logger.error("cannot restart redis-server: %s", exc)
+                failed = True
+                sup.request_stop()
+
+        sup.run(on_tick=keep_redis_alive)
+        return 1 if failed else 0
+    finally:
+        sup.stop()  # workers first: their warm shutdown still needs Redis
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def run_workers(gpus_arg: str) -> int:
+    """One pinned worker per chosen GPU, supervised until SIGINT/SIGTERM."""
+    gpus = parse_gpu_arg(gpus_arg)
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    for index, gpu in enumerate(gpus):
+        sup.add(worker_spec(index, gpu))
+    print(f"{len(gpus)} worker(s) on GPU {', '.join(gpus)}. Ctrl-C stops them.", flush=True)
+    return sup.run()

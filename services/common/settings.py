@@ -1,0 +1,172 @@
+"""Settings for every visionq process: one class per service, env prefix ``VISIONQ_``.
+
+Nothing else in the code base reads ``os.environ`` for visionq settings; processes call
+``get_api_settings()`` / ``get_worker_settings()`` once and pass the object down.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.common.errors import ConfigError
+
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by the API and the workers."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONQ_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    models: CommaList = Field(default_factory=lambda: ["mobilenet_v3_small"])
+    default_model: str = ""
+    models_file: Path | None = None
+    weights_dir: Path | None = None
+    allow_random_weights: bool = False
+    result_ttl_s: int = Field(3600, gt=0, description="how long finished jobs stay readable")
+    job_ttl_s: int = Field(86400, gt=0, description="how long a queued job may wait")
+    visibility_timeout_s: int = Field(300, gt=0)
+    max_deliveries: int = Field(3, ge=1, le=100)
+    queue_max_depth: int = Field(10000, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models_names(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one model, e.g. VISIONQ_MODELS=mobilenet_v3_small")
+        for name in value:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a model name (lowercase letters, digits, _.-)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("models_file", "weights_dir")
+    @classmethod
+    def _path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _default_in_models(self) -> CommonSettings:
+        if not self.default_model:
+            object.__setattr__(self, "default_model", self.models[0])
+        elif self.default_model not in self.models:
+            raise ValueError(
+                f"VISIONQ_DEFAULT_MODEL={self.default_model!r} is not in VISIONQ_MODELS "
+                f"({','.join(self.models)})"
+            )
+        return self
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the HTTP API process."""
+
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="whole request body")
+    max_files_per_request: int = Field(64, gt=0, le=10000)
+    api_keys: CommaList = Field(default_factory=list)
+    predict_timeout_s: float = Field(30.0, gt=0, description="default wait of /v1/predict")
+    max_timeout_s: float = Field(300.0, gt=0)
+    retry_after_s: int = Field(2, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_strong(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 16:
+                raise ValueError("every API key needs at least 16 characters")
+        return value
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of one GPU (or CPU) worker process."""
+
+    device: str = "auto"
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    worker_index: int = Field(0, ge=0, le=1000)
+    torch_threads: int = Field(0, ge=0, le=256, description="0 picks from the core count")
+    decode_threads: int = Field(0, ge=0, le=64, description="0 picks from the core count")
+    autocast_dtype: Literal["float16", "bfloat16"] = "float16"
+    channels_last: bool = True
+    unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
+    heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_covers_batch(self) -> WorkerSettings:
+        # A message is fetched before it waits in the batcher; if the visibility timeout ran
+        # out before its batch finished, kombu would deliver it again while it still runs.
+        if self.visibility_timeout_s * 1000 <= 2 * self.max_wait_ms:
+            raise ValueError(
+                "VISIONQ_VISIBILITY_TIMEOUT_S must be far larger than VISIONQ_MAX_WAIT_MS"
+            )
+        return self
+
+
+def _load(cls: type[_S]) -> _S:
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]).upper() if err["loc"] else "(settings)"
+            name = f"VISIONQ_{field}" if err["loc"] else field
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
+
+
+@lru_cache
+def get_api_settings() -> ApiSettings:
+    """The API's settings, read from the environment once."""
+    return _load(ApiSettings)
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    """The worker's settings, read from the environment once."""
+    return _load(WorkerSettings)

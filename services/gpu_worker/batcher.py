@@ -1,0 +1,109 @@
+"""Micro-batch collection: a plain, thread-safe structure with no torch and no Celery.
+
+Items arrive one at a time under a key (the model). ``next_batch`` hands out up to
+``max_batch_size`` items of one key, oldest key first, as soon as the batch is full or the
+oldest item has waited ``max_wait_s``. It never returns an empty batch and keeps arrival
+order inside a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Entry(Generic[T]):
+    item: T
+    arrived: float
+
+
+class Batcher(Generic[T]):
+    """Gathers items per key into batches bounded by size and waiting time."""
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must not be negative")
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        self._queues: dict[Hashable, deque[_Entry[T]]] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, key: Hashable, item: T) -> None:
+        """Add one item; wakes the collector when a batch may be ready."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._queues.setdefault(key, deque()).append(_Entry(item, self._clock()))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop handing out batches once the pending items are drained."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """How many items wait for a batch."""
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def next_batch(self, timeout: float | None = None) -> tuple[Hashable, list[T]] | None:
+        """The next batch, or None when ``timeout`` passed (or closed) with nothing to give."""
+        give_up = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            while True:
+                full = self._full_key()
+                if full is not None:
+                    return full, self._take(full)
+                key = self._oldest_key()
+                if key is not None:
+                    queue = self._queues[key]
+                    due = queue[0].arrived + self.max_wait_s
+                    if self._clock() >= due or self._closed:
+                        return key, self._take(key)
+                    wake_at = due
+                elif self._closed:
+                    return None
+                else:
+                    wake_at = None
+                if give_up is not None:
+                    if self._clock() >= give_up:
+                        return None
+                    wake_at = give_up if wake_at is None else min(wake_at, give_up)
+                wait = None if wake_at is None else max(0.0, wake_at - self._clock())
+                self._cond.wait(wait)
+
+    def _full_key(self) -> Hashable | None:
+        for key, queue in self._queues.items():
+            if len(queue) >= self.max_batch_size:
+                return key
+        return None
+
+    def _oldest_key(self) -> Hashable | None:
+        oldest: Hashable | None = None
+        oldest_at = 0.0
+        for key, queue in self._queues.items():
+            if queue and (oldest is None or queue[0].arrived < oldest_at):
+                oldest, oldest_at = key, queue[0].arrived
+        return oldest
+
+    def _take(self, key: Hashable) -> list[T]:
+        queue = self._queues[key]
+        count = min(len(queue), self.max_batch_size)
+        return [queue.popleft().item for _ in range(count)]

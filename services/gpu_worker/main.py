@@ -1,0 +1,105 @@
+"""Start one worker process: pin the device, load the models, then consume with Celery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from services.common.errors import ConfigError
+from services.gpu_worker.device import pin_device
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(device: str, models: list[str] | None, index: int) -> int:
+    """Run a worker until it is told to stop; returns its exit code."""
+    # Pin before torch is imported anywhere in this process (fork + CUDA rule).
+    plan = pin_device(device)
+
+    import redis
+    from prometheus_client import start_http_server
+
+    from models.specs import load_registry
+    from services.common.celery_app import make_celery
+    from services.common.jobs import queue_name
+    from services.common.settings import get_worker_settings
+    from services.gpu_worker.heartbeat import Heartbeat
+    from services.gpu_worker.metrics import WorkerMetrics
+    from services.gpu_worker.runtime import Runtime
+    from services.gpu_worker.store import JobStore
+    from services.gpu_worker.tasks import register_tasks
+
+    settings = get_worker_settings()
+    update: dict[str, object] = {"worker_index": index}
+    if models:
+        update["models"] = models
+    settings = settings.model_copy(update=update)
+    registry = load_registry(settings.models_file)
+    unknown = [m for m in settings.models if m not in registry]
+    if unknown:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown)}: built-in are {', '.join(sorted(registry))}; "
+            "declare others in VISIONQ_MODELS_FILE"
+        )
+    specs = {name: registry[name] for name in settings.models}
+
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=max(settings.redis_timeout_s, 5.0),
+        health_check_interval=10,
+    )
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
+    metrics = WorkerMetrics(settings.max_batch_size)
+    store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)
+    runtime = Runtime(settings, plan, specs, store, metrics, worker_id)
+    try:
+        runtime.start()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"worker could not load its models: {exc}") from exc
+    label = runtime.device_label
+    if settings.metrics_port:
+        port = settings.metrics_port + index
+        start_http_server(port, addr="0.0.0.0")
+        logger.info("worker metrics on :%d/metrics", port)
+    metrics.worker_up.labels(label).set(1)
+
+    weights = {
+        name: {"source": lm.source.kind, "location": lm.source.location,
+               "random": lm.source.is_random}
+        for name, lm in runtime.loaded.items()
+    }
+    heartbeat = Heartbeat(
+        client,
+        worker_id,
+        {"device": label, "models": list(specs), "weights": weights,
+         "max_batch_size": settings.max_batch_size},
+        settings.heartbeat_interval_s,
+    )
+    app = make_celery(settings, settings.unacked_restore_interval_s)
+    register_tasks(app, runtime)
+    # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
+    # runs at a time. Three batches in flight: one running, one decoded, one gathering.
+    concurrency = 3 * settings.max_batch_size
+    worker = app.Worker(
+        hostname=f"visionq-{label}-{index}@{socket.gethostname()}",
+        pool_cls="threads",
+        concurrency=concurrency,
+        queues=[queue_name(m) for m in specs],
+        loglevel=settings.log_level,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        optimization="fair",
+    )
+    heartbeat.start()
+    try:
+        worker.start()
+    finally:
+        heartbeat.stop()
+        metrics.worker_up.labels(label).set(0)
+        runtime.stop()
+    return int(worker.exitcode or 0)

@@ -1,0 +1,268 @@
+"""The worker's in-process pipeline: batcher -> claim + decode thread -> inference thread.
+
+Celery task threads hand each delivered job to ``Runtime.submit`` and wait; the batch is
+claimed, decoded, run through ONE forward pass, and every outcome is stored in one
+pipeline before any waiting task returns, so a message is acked only after its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from models.loader import LoadedModel, load_model
+from models.specs import ModelSpec
+from services.common.jobs import Status
+from services.common.settings import WorkerSettings
+from services.gpu_worker.batcher import Batcher
+from services.gpu_worker.device import DevicePlan, autocast_kwargs, default_threads
+from services.gpu_worker.metrics import WorkerMetrics
+from services.gpu_worker.prepare import (
+    DecodeFn,
+    Prepared,
+    WorkItem,
+    build_prepared,
+    make_decoder,
+)
+from services.gpu_worker.store import JobStore, Outcome
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Served:
+    loaded: LoadedModel
+    decode: DecodeFn
+    run: object  # ForwardFn, built on the inference thread
+
+
+class Runtime:
+    """Owns the batcher, the two pipeline threads and the loaded models of one worker."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        plan: DevicePlan,
+        specs: dict[str, ModelSpec],
+        store: JobStore,
+        metrics: WorkerMetrics,
+        worker_id: str,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.specs = specs
+        self.store = store
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.device_label = plan.label
+        self.batcher: Batcher[WorkItem] = Batcher(
+            settings.max_batch_size, settings.max_wait_ms / 1000.0
+        )
+        self._prepared: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
+        self._served: dict[str, _Served] = {}
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 600.0) -> None:
+        """Load the models on the inference thread and start the pipeline; raise on failure."""
+        infer = threading.Thread(target=self._inference_main, name="vq-inference", daemon=True)
+        infer.start()
+        self._threads.append(infer)
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("models did not load in time")
+        if self._load_error is not None:
+            raise self._load_error
+        prep = threading.Thread(target=self._prepare_main, name="vq-prepare", daemon=True)
+        prep.start()
+        self._threads.append(prep)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Finish what was handed in, then stop both threads."""
+        self._stopping.set()
+        self.batcher.close()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def submit(self, job_id: str, model: str) -> WorkItem:
+        """Queue one delivered job for batching; the caller waits on ``item.done``."""
+        item = WorkItem(job_id, model)
+        if model not in self._served:
+            item.release(requeue=True)
+            return item
+        self.batcher.put(model, item)
+        return item
+
+    @property
+    def loaded(self) -> dict[str, LoadedModel]:
+        """The models this worker serves."""
+        return {name: served.loaded for name, served in self._served.items()}
+
+    # -- inference thread ---------------------------------------------------------------
+
+    def _inference_main(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            prepared = self._prepared.get()
+            if prepared is None:
+                return
+            try:
+                self._run(prepared)
+            except Exception:
+                # A bug here must not leave tasks waiting forever with their messages held:
+                # die, and let the supervisor restart us; kombu redelivers the jobs.
+                logger.exception("inference loop failed; exiting so the jobs are redelivered")
+                os._exit(70)
+
+    def _load(self) -> None:
+        import torch
+
+        from services.gpu_worker.device import resolve_device
+
+        device, label = resolve_device(self.plan)
+        self.device_label = label
+        torch_threads, decode_threads = default_threads(device.type, os.cpu_count())
+        torch_threads = self.settings.torch_threads or torch_threads
+        decode_threads = self.settings.decode_threads or decode_threads
+        # Same thread sets the thread count, loads and runs the model (see FACTS: a forward
+        # from another thread made libgomp spawn a second team of threads).
+        torch.set_num_threads(torch_threads)
+        if decode_threads > 1:
+            self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vq-decode")
+        ac = autocast_kwargs(device.type, self.settings.autocast_dtype)
+        from services.gpu_worker.inference import Normalizer
+
+        for name, spec in self.specs.items():
+            loaded = load_model(
+                spec,
+                weights_dir=self.settings.weights_dir,
+                allow_random=self.settings.allow_random_weights,
+                device=device,
+            )
+            module = loaded.module
+            normalizer = Normalizer(spec.preprocess, device, self.settings.channels_last)
+            if normalizer.channels_last:
+                module = module.to(memory_format=torch.channels_last)
+
+            def run(batch: np.ndarray, m: torch.nn.Module = module, n: Normalizer = normalizer
+                    ) -> torch.Tensor:
+                with torch.inference_mode(), (torch.autocast(**ac) if ac else nullcontext()):
+                    out: torch.Tensor = m(n(batch))
+                    return out
+
+            size = spec.preprocess.input_size
+            run(np.zeros((1, 3, size, size), dtype=np.uint8))  # warm-up: first call is slow
+            self._served[name] = _Served(
+                loaded, make_decoder(spec.preprocess, self.settings.max_image_pixels), run
+            )
+            logger.info(
+                "model %s ready on %s (weights: %s %s; %d torch threads, %d decode threads)",
+                name, label, loaded.source.kind, loaded.source.location,
+                torch_threads, decode_threads,
+            )
+
+    def _run(self, prepared: Prepared) -> None:
+        from services.gpu_worker.batch_result import outcomes_for
+
+        served = self._served[prepared.model]
+        outcomes, forward_s = outcomes_for(
+            prepared,
+            served.run,  # type: ignore[arg-type]
+            served.loaded.labels,
+            on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
+        )
+        outcomes += [outcome for _, outcome in prepared.ended]
+        start = time.perf_counter()
+        stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
+        store_s = time.perf_counter() - start
+        items = prepared.run_items + [item for item, _ in prepared.ended]
+        for item in items:
+            item.release(requeue=not stored)
+        if stored:
+            self._observe(prepared, outcomes, forward_s, store_s)
+
+    def _observe(
+        self, prepared: Prepared, outcomes: list[Outcome], forward_s: float, store_s: float
+    ) -> None:
+        m, dev = prepared.model, self.device_label
+        if prepared.arrays:
+            self.metrics.batch_size.labels(m, dev).observe(len(prepared.arrays))
+            self.metrics.batch_duration.labels(m, dev, "forward").observe(forward_s)
+            decode_s = sum(prepared.decode_ms) / 1000.0
+            self.metrics.batch_duration.labels(m, dev, "decode").observe(decode_s)
+        self.metrics.batch_duration.labels(m, dev, "store").observe(store_s)
+        now = time.time()
+        for claim in prepared.run_claims:
+            if claim.created is not None:
+                self.metrics.queue_wait.labels(m).observe(max(0.0, prepared.claimed_at - claim.created))
+                self.metrics.job_latency.labels(m).observe(max(0.0, now - claim.created))
+        for out in outcomes:
+            outcome = out.status.value if out.error is None else out.error.get("code", "failed")
+            self.metrics.jobs_completed.labels(m, dev, outcome).inc()
+
+    # -- prepare thread -----------------------------------------------------------------
+
+    def _prepare_main(self) -> None:
+        while True:
+            got = self.batcher.next_batch(timeout=0.5)
+            if got is None:
+                if self._stopping.is_set():
+                    self._prepared.put(None)
+                    return
+                continue
+            model, items = got
+            claims = self._claim([item.job_id for item in items])
+            if claims is None:
+                for item in items:
+                    item.release(requeue=True)
+                continue
+            served = self._served[str(model)]
+            prepared, skipped = build_prepared(
+                str(model), items, claims, served.decode, self._pool, time.time()
+            )
+            for item in skipped:
+                item.release()
+            self._count_skipped(str(model), claims)
+            if prepared.run_items or prepared.ended:
+                self._prepared.put(prepared)
+
+    def _claim(self, job_ids: list[str]) -> list | None:  # type: ignore[type-arg]
+        delay = 0.1
+        while True:
+            try:
+                return self.store.claim(job_ids, self.worker_id)
+            except redis.RedisError as exc:
+                if self._stopping.is_set():
+                    return None
+                logger.warning("claiming %d jobs failed (%s); retrying", len(job_ids), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _count_skipped(self, model: str, claims: list) -> None:  # type: ignore[type-arg]
+        for claim in claims:
+            if claim.verdict in ("expired", "worker_lost"):
+                self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()
+
+
+__all__ = ["Runtime", "Status"]

@@ -1,0 +1,109 @@
+"""The worker's side of the job record: claim a batch, store a batch, one round trip each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from services.common.jobs import (
+    CLAIM_LUA,
+    DONE_CHANNEL,
+    Status,
+    image_key,
+    job_key,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the claim script said about one job."""
+
+    verdict: str  # run | skip | expired | worker_lost
+    deliveries: int
+    created: float | None
+    top_k: int
+    image: bytes
+
+
+@dataclass
+class Outcome:
+    """The end of one job, ready to store."""
+
+    job_id: str
+    status: Status
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    timings: dict[str, Any] | None = None
+
+
+class JobStore:
+    """Sync Redis access for the worker's two hot-path operations."""
+
+    def __init__(self, client: redis.Redis, result_ttl_s: int, max_deliveries: int) -> None:
+        self._client = client
+        self._claim = client.register_script(CLAIM_LUA)
+        self._result_ttl_s = result_ttl_s
+        self._max_deliveries = max_deliveries
+
+    def claim(self, job_ids: Sequence[str], worker: str) -> list[Claim]:
+        """Mark the jobs running (or end them: expired, cancelled, poison) and fetch images."""
+        keys = [DONE_CHANNEL]
+        for job_id in job_ids:
+            keys += [job_key(job_id), image_key(job_id)]
+        args: list[Any] = [time.time(), self._max_deliveries, self._result_ttl_s, worker]
+        raw = self._claim(keys=keys, args=[*args, *job_ids])
+        claims = []
+        for verdict, deliveries, created, top_k, image in raw:
+            claims.append(
+                Claim(
+                    verdict=verdict.decode(),
+                    deliveries=int(deliveries),
+                    created=float(created) if created else None,
+                    top_k=int(top_k) if top_k else 5,
+                    image=image or b"",
+                )
+            )
+        return claims
+
+    def finish(self, outcomes: Sequence[Outcome]) -> None:
+        """Store every outcome, drop the images, wake waiters: one pipeline."""
+        now = time.time()
+        pipe = self._client.pipeline(transaction=False)
+        for out in outcomes:
+            key = job_key(out.job_id)
+            fields: dict[str, Any] = {"status": out.status.value, "finished": now}
+            if out.result is not None:
+                fields["result"] = json.dumps(out.result, separators=(",", ":"))
+            if out.error is not None:
+                fields["error"] = json.dumps(out.error, separators=(",", ":"))
+            if out.timings is not None:
+                fields["timings"] = json.dumps(out.timings, separators=(",", ":"))
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self._result_ttl_s)
+            pipe.delete(image_key(out.job_id))
+            pipe.publish(DONE_CHANNEL, out.job_id)
+        pipe.execute()
+
+    def finish_until_stored(self, outcomes: Sequence[Outcome], stop_after_s: float) -> bool:
+        """Retry ``finish`` while Redis is away: a result not stored must not be acked."""
+        deadline = time.monotonic() + stop_after_s
+        delay = 0.1
+        while True:
+            try:
+                self.finish(outcomes)
+                return True
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    logger.error("could not store %d results: %s", len(outcomes), exc)
+                    return False
+                logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -1,0 +1,49 @@
+"""Shared fixtures: seeded model weights and a models file that declares them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TEST_MODEL = "mobilenet_v3_small"
+
+
+def make_seeded_weights(path: Path, seed: int = 1234) -> Path:
+    """A reproducible mobilenet_v3_small state dict whose scores differ per image."""
+    import torch
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(seed)
+    model = mobilenet_v3_small()
+    # Fresh BatchNorm statistics (mean 0, var 1) make a random MobileNet's activations
+    # vanish and every score 1/1000; a few seeded batches in train mode give it real
+    # statistics, so scores differ per image and the top-k order is meaningful.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    model.train()
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 224, 224, generator=noise))
+    model.eval()
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the seeded state dict."""
+    return make_seeded_weights(tmp_path_factory.mktemp("weights") / "mnv3s-seeded.pt")
+
+
+@pytest.fixture(scope="session")
+def models_file(tmp_path_factory: pytest.TempPathFactory, seeded_weights: Path) -> Path:
+    """A models file that points the built-in name at the seeded weights."""
+    path = tmp_path_factory.mktemp("models") / "models.toml"
+    path.write_text(
+        f'[[models]]\nname = "{TEST_MODEL}"\narch = "mobilenet_v3_small"\n'
+        f'weights = "{seeded_weights}"\n'
+    )
+    return path

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 TEST_MODEL = "mobilenet_v3_small"
+# Served by the API but consumed by no worker in the shared stack: its jobs stay queued.
+IDLE_MODEL = "idle_model"
 
 
 def make_seeded_weights(path: Path, seed: int = 1234) -> Path:
@@ -44,6 +46,8 @@ def models_file(tmp_path_factory: pytest.TempPathFactory, seeded_weights: Path) 
     path = tmp_path_factory.mktemp("models") / "models.toml"
     path.write_text(
         f'[[models]]\nname = "{TEST_MODEL}"\narch = "mobilenet_v3_small"\n'
+        f'weights = "{seeded_weights}"\n\n'
+        f'[[models]]\nname = "{IDLE_MODEL}"\narch = "mobilenet_v3_small"\n'
         f'weights = "{seeded_weights}"\n'
     )
     return path

@@ -83,10 +83,13 @@ class Stack:
         self._wait(lambda: self._get("/healthz") == 200, proc, "API /healthz")
         return proc
 
-    def start_worker(self, index: int = 0, extra: dict[str, str] | None = None) -> Proc:
-        return self._spawn(
-            "worker", ["worker", "--device", "cpu", "--index", str(index)], extra
-        )
+    def start_worker(
+        self, index: int = 0, extra: dict[str, str] | None = None, models: str = ""
+    ) -> Proc:
+        args = ["worker", "--device", "cpu", "--index", str(index)]
+        if models:
+            args += ["--models", models]
+        return self._spawn("worker", args, extra)
 
     def wait_ready(self, procs: Iterable[Proc] = (), timeout: float = 120.0) -> None:
         """Until /readyz says a worker serves the default model."""

@@ -1,0 +1,40 @@
+# One command to run the stack, one to test it; both build .venv from pyproject.toml first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint typecheck unit integration gpu clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/visionq up
+
+lint: install
+	$(BIN)/ruff check services models tests
+	$(BIN)/ruff format --check services models tests
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+gpu: install
+	$(BIN)/pytest -q tests/gpu
+
+test: lint typecheck
+	$(BIN)/pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

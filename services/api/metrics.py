@@ -20,7 +20,9 @@ class ApiMetrics:
             "visionq_http_requests_total", "HTTP requests", ["route", "method", "status"]
         )
         self.duration = Histogram(
-            "visionq_http_request_duration_seconds", "HTTP request time", ["route", "method"],
+            "visionq_http_request_duration_seconds",
+            "HTTP request time",
+            ["route", "method"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.jobs_submitted = Counter("visionq_jobs_submitted_total", "Jobs queued", ["model"])

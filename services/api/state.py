@@ -10,8 +10,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from models.specs import ModelSpec
-from services.common.settings import ApiSettings
 from services.api.waiter import ResultWaiter
+from services.common.settings import ApiSettings
 
 
 @dataclass

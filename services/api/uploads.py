@@ -72,7 +72,7 @@ async def read_form(request: Request, settings: ApiSettings) -> SubmitForm:
 
 async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
     model = _text(form, "model") or settings.default_model
-    top_k = _number(form, "top_k", int, default=5, low=1, high=1000)
+    top_k = _number(form, "top_k", int, default=5, low=1, high=1000) or 5
     timeout = _number(form, "timeout", float, default=None, low=0.001, high=settings.max_timeout_s)
     parts = form.getlist("file")
     if not parts:

@@ -114,6 +114,6 @@ class ResultWaiter:
                 logger.warning("result listener lost Redis (%s); reconnecting", exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -46,12 +46,20 @@ def outcomes_for(
             timings["total_ms"] = round((time.time() - claim.created) * 1000, 3)
         if isinstance(top, ForwardError):
             outcomes.append(
-                Outcome(item.job_id, Status.FAILED,
-                        error={"code": top.code, "message": top.message}, timings=timings)
+                Outcome(
+                    item.job_id,
+                    Status.FAILED,
+                    error={"code": top.code, "message": top.message},
+                    timings=timings,
+                )
             )
         else:
             outcomes.append(
-                Outcome(item.job_id, Status.SUCCEEDED,
-                        result={"top_k": label_topk(top, labels, claim.top_k)}, timings=timings)
+                Outcome(
+                    item.job_id,
+                    Status.SUCCEEDED,
+                    result={"top_k": label_topk(top, labels, claim.top_k)},
+                    timings=timings,
+                )
             )
     return outcomes, forward_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,10 @@ class DevicePlan:
     torch_device: str  # as torch sees it after pinning: cpu, cuda:0, or auto
 
 
-def pin_device(setting: str, env: dict[str, str] | None = None) -> DevicePlan:
+def pin_device(setting: str, env: MutableMapping[str, str] | None = None) -> DevicePlan:
     """Set CUDA_VISIBLE_DEVICES for ``cuda:N`` (unless a supervisor already did) and plan."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     if setting == "cpu":
         # Hide GPUs so no library initialises CUDA behind our back.
         env["CUDA_VISIBLE_DEVICES"] = ""

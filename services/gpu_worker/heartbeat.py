@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,8 +26,13 @@ class Heartbeat:
     ) -> None:
         self._client = client
         self._key = worker_key(worker_id)
-        self._info = {**info, "worker_id": worker_id, "pid": os.getpid(),
-                      "host": socket.gethostname(), "started": time.time()}
+        self._info = {
+            **info,
+            "worker_id": worker_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+        }
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vq-heartbeat", daemon=True)
@@ -40,10 +46,8 @@ class Heartbeat:
         """Stop beating and remove the key, so the API stops counting this worker at once."""
         self._stop.set()
         self._thread.join(self._interval_s * 2)
-        try:
+        with contextlib.suppress(redis.RedisError):
             self._client.delete(self._key)
-        except redis.RedisError:
-            pass
 
     def _beat(self) -> None:
         ttl_ms = int(self._interval_s * 3000)

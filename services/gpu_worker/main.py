@@ -68,15 +68,22 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     metrics.worker_up.labels(label).set(1)
 
     weights = {
-        name: {"source": lm.source.kind, "location": lm.source.location,
-               "random": lm.source.is_random}
+        name: {
+            "source": lm.source.kind,
+            "location": lm.source.location,
+            "random": lm.source.is_random,
+        }
         for name, lm in runtime.loaded.items()
     }
     heartbeat = Heartbeat(
         client,
         worker_id,
-        {"device": label, "models": list(specs), "weights": weights,
-         "max_batch_size": settings.max_batch_size},
+        {
+            "device": label,
+            "models": list(specs),
+            "weights": weights,
+            "max_batch_size": settings.max_batch_size,
+        },
         settings.heartbeat_interval_s,
     )
     app = make_celery(settings, settings.unacked_restore_interval_s)

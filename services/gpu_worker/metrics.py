@@ -5,7 +5,21 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 
@@ -25,23 +39,32 @@ class WorkerMetrics:
 
     def __init__(self, max_batch_size: int) -> None:
         self.batch_size = Histogram(
-            "visionq_batch_size", "Jobs per forward pass", ["model", "device"],
+            "visionq_batch_size",
+            "Jobs per forward pass",
+            ["model", "device"],
             buckets=batch_size_buckets(max_batch_size),
         )
         self.batch_duration = Histogram(
-            "visionq_batch_duration_seconds", "Time per batch stage", ["model", "device", "stage"],
+            "visionq_batch_duration_seconds",
+            "Time per batch stage",
+            ["model", "device", "stage"],
             buckets=_LATENCY_BUCKETS,
         )
         self.queue_wait = Histogram(
-            "visionq_job_queue_wait_seconds", "Submit to start of its batch", ["model"],
+            "visionq_job_queue_wait_seconds",
+            "Submit to start of its batch",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
         )
         self.job_latency = Histogram(
-            "visionq_job_latency_seconds", "Submit to stored result", ["model"],
+            "visionq_job_latency_seconds",
+            "Submit to stored result",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
         )
         self.jobs_completed = Counter(
-            "visionq_jobs_completed_total", "Jobs ended by this worker",
+            "visionq_jobs_completed_total",
+            "Jobs ended by this worker",
             ["model", "device", "outcome"],
         )
         self.oom = Counter("visionq_oom_total", "Out-of-memory errors in a forward", ["device"])
@@ -49,6 +72,4 @@ class WorkerMetrics:
         self.gpu_memory = Gauge(
             "visionq_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated", ["device"]
         )
-        self.gpu_util = Gauge(
-            "visionq_gpu_utilization_ratio", "NVML utilisation 0..1", ["device"]
-        )
+        self.gpu_util = Gauge("visionq_gpu_utilization_ratio", "NVML utilisation 0..1", ["device"])

@@ -105,7 +105,12 @@ def build_prepared(
     decoded = decode_all(decode, [c.image for _, c in todo], pool)
     now = time.monotonic()
     prepared = Prepared(
-        model=model, run_items=[], run_claims=[], arrays=[], decode_ms=[], ended=[],
+        model=model,
+        run_items=[],
+        run_claims=[],
+        arrays=[],
+        decode_ms=[],
+        ended=[],
         claimed_at=claimed_at,
         batch_wait_ms=max((now - it.received) * 1000 for it in items),
     )
@@ -124,7 +129,9 @@ def build_prepared(
             (
                 item,
                 Outcome(
-                    item.job_id, Status.FAILED, error={"code": code, "message": message[:300]},
+                    item.job_id,
+                    Status.FAILED,
+                    error={"code": code, "message": message[:300]},
                     timings={"decode_ms": round(ms, 3), "deliveries": claim.deliveries},
                 ),
             )

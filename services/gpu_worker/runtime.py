@@ -165,9 +165,10 @@ class Runtime:
             if normalizer.channels_last:
                 module = module.to(memory_format=torch.channels_last)
 
-            def run(batch: np.ndarray, m: torch.nn.Module = module, n: Normalizer = normalizer
-                    ) -> torch.Tensor:
-                with torch.inference_mode(), (torch.autocast(**ac) if ac else nullcontext()):
+            def run(
+                batch: np.ndarray, m: torch.nn.Module = module, n: Normalizer = normalizer
+            ) -> torch.Tensor:
+                with torch.inference_mode(), torch.autocast(**ac) if ac else nullcontext():
                     out: torch.Tensor = m(n(batch))
                     return out
 
@@ -178,8 +179,12 @@ class Runtime:
             )
             logger.info(
                 "model %s ready on %s (weights: %s %s; %d torch threads, %d decode threads)",
-                name, label, loaded.source.kind, loaded.source.location,
-                torch_threads, decode_threads,
+                name,
+                label,
+                loaded.source.kind,
+                loaded.source.location,
+                torch_threads,
+                decode_threads,
             )
 
     def _run(self, prepared: Prepared) -> None:
@@ -215,7 +220,9 @@ class Runtime:
         now = time.time()
         for claim in prepared.run_claims:
             if claim.created is not None:
-                self.metrics.queue_wait.labels(m).observe(max(0.0, prepared.claimed_at - claim.created))
+                self.metrics.queue_wait.labels(m).observe(
+                    max(0.0, prepared.claimed_at - claim.created)
+                )
                 self.metrics.job_latency.labels(m).observe(max(0.0, now - claim.created))
         for out in outcomes:
             outcome = out.status.value if out.error is None else out.error.get("code", "failed")

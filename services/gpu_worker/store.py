@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from services.common.jobs import (
     CLAIM_LUA,
@@ -79,7 +80,7 @@ class JobStore:
         pipe = self._client.pipeline(transaction=False)
         for out in outcomes:
             key = job_key(out.job_id)
-            fields: dict[str, Any] = {"status": out.status.value, "finished": now}
+            fields: dict[FieldT, EncodableT] = {"status": out.status.value, "finished": now}
             if out.result is not None:
                 fields["result"] = json.dumps(out.result, separators=(",", ":"))
             if out.error is not None:

@@ -71,7 +71,10 @@ class Stack:
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", *args],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)

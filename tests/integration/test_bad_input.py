@@ -64,7 +64,9 @@ def no_new_jobs(stack: Stack) -> Iterator[None]:
     assert _job_keys(stack) == before, "a rejected request left a job behind"
 
 
-@pytest.mark.parametrize(("name", "data", "status", "code"), BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+@pytest.mark.parametrize(
+    ("name", "data", "status", "code"), BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS]
+)
 def test_bad_upload_is_refused(
     stack: Stack, no_new_jobs: None, name: str, data: bytes, status: int, code: str
 ) -> None:
@@ -87,7 +89,9 @@ def test_unknown_model_is_404(stack: Stack, no_new_jobs: None) -> None:
 
 
 @pytest.mark.parametrize(
-    "form", [{"top_k": "0"}, {"top_k": "abc"}, {"timeout": "-1"}], ids=["top_k0", "top_k_text", "timeout"]
+    "form",
+    [{"top_k": "0"}, {"top_k": "abc"}, {"timeout": "-1"}],
+    ids=["top_k0", "top_k_text", "timeout"],
 )
 def test_bad_fields_are_422(stack: Stack, no_new_jobs: None, form: dict[str, str]) -> None:
     resp = predict(stack.url, files(("a.jpg", jpeg(1))), **form)
@@ -96,7 +100,9 @@ def test_bad_fields_are_422(stack: Stack, no_new_jobs: None, form: dict[str, str
 
 
 def test_no_file_is_422(stack: Stack, no_new_jobs: None) -> None:
-    resp = httpx.post(f"{stack.url}/v1/predict", data={"model": TEST_MODEL}, files={"x": ("a", b"1")})
+    resp = httpx.post(
+        f"{stack.url}/v1/predict", data={"model": TEST_MODEL}, files={"x": ("a", b"1")}
+    )
     assert resp.status_code == 422
 
 
@@ -123,7 +129,7 @@ def test_oversized_chunked_body_is_413(stack: Stack, no_new_jobs: None) -> None:
     # No Content-Length: the limit must hold while streaming, without buffering it all.
     boundary = "vqboundary"
     head = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
 
@@ -157,7 +163,10 @@ def test_corrupt_image_fails_only_its_own_job(stack: Stack) -> None:
     alone = predict(stack.url, files(("corrupt.jpg", bytes(data))))
     assert alone.status_code == 400
     assert error_code(alone) == "invalid_image"
-    assert alone.json()["error"]["job_ids"]
+    (job_id,) = alone.json()["error"]["job_ids"]
+    record = httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()
+    assert record["status"] == "failed"
+    assert record["timings"]["deliveries"] == 1  # failed once, not redelivered in a loop
     assert predict(stack.url, files(("after.jpg", good))).status_code == 200
 
 
@@ -168,8 +177,9 @@ def test_queue_full_is_429_with_retry_after(
     small.env["VISIONQ_QUEUE_MAX_DEPTH"] = "3"
     try:
         small.start_api()
-        ids = submit(small.url, files(*[(f"{i}.jpg", jpeg(i, (64, 64))) for i in range(3)]),
-                     model=IDLE_MODEL)
+        ids = submit(
+            small.url, files(*[(f"{i}.jpg", jpeg(i, (64, 64))) for i in range(3)]), model=IDLE_MODEL
+        )
         resp = predict(small.url, files(("x.jpg", jpeg(1, (64, 64)))), model=IDLE_MODEL)
         assert resp.status_code == 429
         assert error_code(resp) == "queue_full"

@@ -43,6 +43,7 @@ async def cancel_job(job_id: str, state: StateDep) -> dict[str, Any]:
     if outcome == 0:
         (record,) = await fetch_records(state.redis, [job_id])
         status = record.status if record else "expired"
-        raise JobConflict(f"job {job_id} is {status}; only queued jobs can be cancelled",
-                          status=status)
+        raise JobConflict(
+            f"job {job_id} is {status}; only queued jobs can be cancelled", status=status
+        )
     return {"job_id": job_id, "status": "cancelled"}

@@ -45,11 +45,16 @@ async def list_models(state: StateDep) -> dict[str, Any]:
         else:
             try:
                 source = resolve_weights(
-                    spec, weights_dir=settings.weights_dir,
-                    allow_random=settings.allow_random_weights, allow_download=True,
+                    spec,
+                    weights_dir=settings.weights_dir,
+                    allow_random=settings.allow_random_weights,
+                    allow_download=True,
                 )
-                entry["weights"] = {"source": source.kind, "location": source.location,
-                                    "random": source.is_random}
+                entry["weights"] = {
+                    "source": source.kind,
+                    "location": source.location,
+                    "random": source.is_random,
+                }
             except ConfigError as exc:
                 entry["weights"] = {"source": "missing", "error": exc.message}
         if entry["weights"].get("random"):

@@ -39,8 +39,11 @@ _FORM_DOC: dict[str, Any] = {
 
 def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[str, Any]:
     if record is None:
-        return {"filename": filename, "job_id": job_id,
-                "error": {"code": "expired", "message": "the job record expired"}}
+        return {
+            "filename": filename,
+            "job_id": job_id,
+            "error": {"code": "expired", "message": "the job record expired"},
+        }
     out: dict[str, Any] = {"filename": filename, "job_id": job_id}
     if record.status == Status.SUCCEEDED and record.result is not None:
         out["top_k"] = record.result.get("top_k", [])

@@ -24,6 +24,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.common.celery_app import make_celery
     from services.common.jobs import queue_name
     from services.common.settings import get_worker_settings
+    from services.gpu_worker.broker import TRANSPORT_PATH
     from services.gpu_worker.heartbeat import Heartbeat
     from services.gpu_worker.metrics import WorkerMetrics
     from services.gpu_worker.runtime import Runtime
@@ -87,6 +88,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         settings.heartbeat_interval_s,
     )
     app = make_celery(settings, settings.unacked_restore_interval_s)
+    app.conf.broker_transport = TRANSPORT_PATH
     register_tasks(app, runtime)
     # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
     # runs at a time. Three batches in flight: one running, one decoded, one gathering.

@@ -1,0 +1,58 @@
+"""CUDA paths: run only where a GPU is visible (skipped on CPU-only machines)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.specs import BUILTIN_MODELS
+from services.gpu_worker.device import DevicePlan, autocast_kwargs, resolve_device
+from services.gpu_worker.inference import Normalizer, forward_topk
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+PRE = BUILTIN_MODELS["mobilenet_v3_small"].preprocess
+
+
+def test_auto_picks_cuda() -> None:
+    device, label = resolve_device(DevicePlan("auto", "auto"))
+    assert device.type == "cuda"
+    assert label == "cuda:0"
+
+
+def test_normalizer_on_cuda_is_channels_last_and_matches_cpu() -> None:
+    batch = np.random.default_rng(0).integers(0, 255, (4, 3, 32, 32), dtype=np.uint8)
+    on_gpu = Normalizer(PRE, torch.device("cuda:0"), channels_last=True)(batch)
+    on_cpu = Normalizer(PRE, torch.device("cpu"), channels_last=True)(batch)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), on_cpu.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_autocast_forward_agrees_with_fp32(dtype: str) -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small().eval().cuda().to(memory_format=torch.channels_last)
+    norm = Normalizer(PRE, torch.device("cuda:0"), channels_last=True)
+    batch = np.random.default_rng(1).integers(0, 255, (8, 3, 224, 224), dtype=np.uint8)
+    kwargs = autocast_kwargs("cuda", dtype)
+    assert kwargs is not None
+
+    def run_amp(b: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(**kwargs):
+            out: torch.Tensor = model(norm(b))
+            return out
+
+    def run_fp32(b: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            out: torch.Tensor = model(norm(b))
+            return out
+
+    amp = run_amp(batch)
+    assert amp.dtype == kwargs["dtype"]
+    np.testing.assert_allclose(
+        amp.float().cpu().numpy(), run_fp32(batch).cpu().numpy(), atol=5e-2, rtol=5e-2
+    )
+    assert len(forward_topk(run_amp, batch, 5)) == 8

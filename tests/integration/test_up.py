@@ -1,0 +1,77 @@
+"""`visionq up`: the whole stack from one command, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from services.common.redis_server import free_port
+from tests.conftest import TEST_MODEL
+from tests.images import jpeg
+from tests.integration.stack import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(
+        {
+            "VISIONQ_MODELS": TEST_MODEL,
+            "VISIONQ_MODELS_FILE": str(models_file),
+            "VISIONQ_METRICS_PORT": "0",
+            "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "up",
+                "--port",
+                str(port),
+                "--redis-port",
+                "0",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "visionq is up" not in log.read_text(errors="replace"):
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"http://127.0.0.1:{port}" in log.read_text()
+        children = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "redis-server" in names and " api " in f" {names} " and "worker" in names
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/v1/predict",
+            files=[("file", ("a.jpg", jpeg(1), "image/jpeg"))],
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0, log.read_text()
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()

@@ -69,7 +69,7 @@ def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path
         assert resp.status_code == 200, resp.text
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0, log.read_text()
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, [p.pid for p in alive]
     finally:
         if up.poll() is None:

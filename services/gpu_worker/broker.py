@@ -31,7 +31,8 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         except AttributeError:
             logger.warning(
                 "broker connection gone: %d unacked message(s) will be restored by the "
-                "visibility-timeout sweep", len(self._delivered)
+                "visibility-timeout sweep",
+                len(self._delivered),
             )
             self._delivered.clear()
             return None

@@ -9,6 +9,9 @@ import pytest
 TEST_MODEL = "mobilenet_v3_small"
 # Served by the API but consumed by no worker in the shared stack: its jobs stay queued.
 IDLE_MODEL = "idle_model"
+# A custom TorchScript classifier declared in the models file, with its own labels.
+TINY_MODEL = "tiny"
+TINY_LABELS = [f"shape_{i}" for i in range(10)]
 
 
 def make_seeded_weights(path: Path, seed: int = 1234) -> Path:
@@ -40,14 +43,35 @@ def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_seeded_weights(tmp_path_factory.mktemp("weights") / "mnv3s-seeded.pt")
 
 
+def make_tiny_torchscript(path: Path, seed: int = 7) -> Path:
+    """A small seeded conv net (64x64 in, 10 classes out) saved as TorchScript."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()
+    torch.jit.save(torch.jit.script(net), str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def models_file(tmp_path_factory: pytest.TempPathFactory, seeded_weights: Path) -> Path:
-    """A models file that points the built-in name at the seeded weights."""
-    path = tmp_path_factory.mktemp("models") / "models.toml"
+    """A models file: the built-in name on seeded weights, an idle copy, a TorchScript model."""
+    folder = tmp_path_factory.mktemp("models")
+    make_tiny_torchscript(folder / "tiny.pt")
+    (folder / "tiny_labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
+    path = folder / "models.toml"
     path.write_text(
         f'[[models]]\nname = "{TEST_MODEL}"\narch = "mobilenet_v3_small"\n'
         f'weights = "{seeded_weights}"\n\n'
         f'[[models]]\nname = "{IDLE_MODEL}"\narch = "mobilenet_v3_small"\n'
-        f'weights = "{seeded_weights}"\n'
+        f'weights = "{seeded_weights}"\n\n'
+        f'[[models]]\nname = "{TINY_MODEL}"\ntorchscript = "tiny.pt"\n'
+        'labels = "tiny_labels.txt"\ninput_size = 64\n'
     )
     return path

@@ -22,12 +22,12 @@ from kombu.transport import redis as kombu_redis
 logger = logging.getLogger(__name__)
 
 
-class QoS(kombu_redis.QoS):  # type: ignore[misc]
+class QoS(kombu_redis.QoS):
     """QoS whose Redis bookkeeping tolerates a channel whose connection was dropped."""
 
     def restore_unacked(self, client: Any = None) -> Any:
         try:
-            return super().restore_unacked(client)
+            return super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning(
                 "broker connection gone: %d unacked message(s) will be restored by the "
@@ -39,24 +39,24 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
     def ack(self, delivery_tag: Any) -> None:
         try:
-            super().ack(delivery_tag)
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning("ack on a dropped broker connection; the message will be redelivered")
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
-            super().reject(delivery_tag, requeue=requeue)
+            super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning("reject on a dropped broker connection; the sweep restores it")
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     """Redis channel using the tolerant QoS."""
 
     QoS = QoS
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     """Redis transport using the tolerant channel; select with ``broker_transport``."""
 
     Channel = Channel

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from services.common.redis_server import RedisServer
-from tests.conftest import IDLE_MODEL, TEST_MODEL
+from services.common.redis_server import RedisServer, free_port
+from tests.conftest import IDLE_MODEL, TEST_MODEL, TINY_MODEL
 from tests.integration.stack import Stack
 
 
 def stack_env(models_file: Path, **extra: str) -> dict[str, str]:
     """The settings every test stack shares, plus overrides."""
     env = {
-        "VISIONQ_MODELS": f"{TEST_MODEL},{IDLE_MODEL}",
+        "VISIONQ_MODELS": f"{TEST_MODEL},{IDLE_MODEL},{TINY_MODEL}",
         "VISIONQ_MODELS_FILE": str(models_file),
         "VISIONQ_MAX_BATCH_SIZE": "16",
         "VISIONQ_MAX_WAIT_MS": "20",
@@ -49,7 +49,11 @@ def stack(
     s = Stack(redis_server.url, tmp_path_factory.mktemp("stack"), stack_env(models_file))
     try:
         s.start_api()
-        s.start_worker(models=TEST_MODEL)
+        s.worker_metrics_port = free_port()
+        s.start_worker(
+            models=f"{TEST_MODEL},{TINY_MODEL}",
+            extra={"VISIONQ_METRICS_PORT": str(s.worker_metrics_port)},
+        )
         s.wait_ready()
         yield s
     finally:

@@ -44,6 +44,7 @@ class Stack:
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
     api_port: int = 0
+    worker_metrics_port: int = 0
     procs: list[Proc] = field(default_factory=list)
 
     @property

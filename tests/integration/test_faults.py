@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.common.redis_server import RedisServer
-from tests.conftest import TEST_MODEL
+from tests.conftest import IDLE_MODEL, TEST_MODEL
 from tests.images import jpeg
 from tests.integration.conftest import stack_env
 from tests.integration.helpers import error_code, files, predict, submit, wait_jobs
@@ -72,7 +72,9 @@ def test_redis_down_gives_503_then_recovers(
         stack.start_worker(models=TEST_MODEL)
         stack.wait_ready()
         assert predict(stack.url, files(("a.jpg", jpeg(1)))).status_code == 200
-        queued = submit(stack.url, files(("q.jpg", jpeg(2))))
+        # Queued on a model no worker consumes, so its message sits in the Redis list.
+        queued = submit(stack.url, files(("q.jpg", jpeg(2))), model=IDLE_MODEL)
+        time.sleep(1.5)  # past one AOF fsync (appendfsync everysec)
         own_redis.kill()
         resp = predict(stack.url, files(("b.jpg", jpeg(3))))
         assert resp.status_code == 503, resp.text
@@ -88,6 +90,9 @@ def test_redis_down_gives_503_then_recovers(
                 break
             time.sleep(0.5)
         assert status == 200, stack.logs()
-        assert wait_jobs(stack.url, queued)[0]["status"] == "succeeded"
+        # The queued job and its message survived the kill -9 (AOF), and stay cancellable.
+        assert httpx.get(f"{stack.url}/v1/jobs/{queued[0]}").json()["status"] == "queued"
+        assert own_redis.client().llen(f"gpu.{IDLE_MODEL}") == 1
+        assert httpx.delete(f"{stack.url}/v1/jobs/{queued[0]}").status_code == 200
     finally:
         stack.stop_all()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
-from tests.conftest import IDLE_MODEL, TEST_MODEL
+from tests.conftest import IDLE_MODEL, TEST_MODEL, TINY_LABELS, TINY_MODEL
 from tests.images import encode, jpeg, make_image
 from tests.integration.helpers import files, job, predict, submit, wait_jobs
 from tests.integration.stack import Stack
@@ -151,3 +151,24 @@ def test_health_and_metrics(stack: Stack) -> None:
     assert 'visionq_http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
     assert f'visionq_queue_depth{{model="{TEST_MODEL}"}}' in text
     assert f'visionq_jobs_submitted_total{{model="{TEST_MODEL}"}}' in text
+
+
+def test_custom_torchscript_model_with_labels_file(stack: Stack) -> None:
+    resp = predict(stack.url, files(("t.png", encode(make_image(3), "PNG"))), model=TINY_MODEL)
+    assert resp.status_code == 200, resp.text
+    top = resp.json()["predictions"][0]["top_k"]
+    assert len(top) == 5
+    assert all(e["label"] == TINY_LABELS[e["index"]] for e in top)
+    scores = [e["score"] for e in top]
+    assert scores == sorted(scores, reverse=True)
+    assert 0 < sum(scores) <= 1.0 + 1e-6  # five softmax scores of ten classes
+
+
+def test_worker_metrics_on_its_own_port(stack: Stack) -> None:
+    predict(stack.url, files(("w.jpg", jpeg(21))))
+    text = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics").text
+    assert f'visionq_batch_size_count{{device="cpu",model="{TEST_MODEL}"}}' in text
+    assert 'visionq_worker_up{device="cpu"} 1.0' in text
+    assert "visionq_jobs_completed_total{" in text
+    # No GPU here: the GPU series are absent, not fake zeros.
+    assert "visionq_gpu_memory_allocated_bytes{" not in text

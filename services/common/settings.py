@@ -41,6 +41,7 @@ class CommonSettings(BaseSettings):
     models_file: Path | None = None
     weights_dir: Path | None = None
     allow_random_weights: bool = False
+    allow_download: bool = Field(True, description="fetch missing torchvision weights")
     result_ttl_s: int = Field(3600, gt=0, description="how long finished jobs stay readable")
     job_ttl_s: int = Field(86400, gt=0, description="how long a queued job may wait")
     visibility_timeout_s: int = Field(300, gt=0)

@@ -158,6 +158,7 @@ class Runtime:
                 spec,
                 weights_dir=self.settings.weights_dir,
                 allow_random=self.settings.allow_random_weights,
+                allow_download=self.settings.allow_download,
                 device=device,
             )
             module = loaded.module

@@ -48,7 +48,7 @@ async def list_models(state: StateDep) -> dict[str, Any]:
                     spec,
                     weights_dir=settings.weights_dir,
                     allow_random=settings.allow_random_weights,
-                    allow_download=True,
+                    allow_download=settings.allow_download,
                 )
                 entry["weights"] = {
                     "source": source.kind,

@@ -63,8 +63,20 @@ class Batcher(Generic[T]):
         with self._cond:
             return sum(len(q) for q in self._queues.values())
 
-    def next_batch(self, timeout: float | None = None) -> tuple[Hashable, list[T]] | None:
-        """The next batch, or None when ``timeout`` passed (or closed) with nothing to give."""
+    def poke(self) -> None:
+        """Re-evaluate a waiting ``next_batch`` now (its ``idle`` answer may have changed)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_batch(
+        self, timeout: float | None = None, idle: Callable[[], bool] | None = None
+    ) -> tuple[Hashable, list[T]] | None:
+        """The next batch, or None when ``timeout`` passed (or closed) with nothing to give.
+
+        ``idle`` is asked whenever a partial batch is considered: while it answers True the
+        batch goes at once, since holding items back for company only adds latency when
+        nothing else is running.
+        """
         give_up = None if timeout is None else self._clock() + timeout
         with self._cond:
             while True:
@@ -74,7 +86,8 @@ class Batcher(Generic[T]):
                 key = self._oldest_key()
                 if key is not None:
                     queue = self._queues[key]
-                    due = queue[0].arrived + self.max_wait_s
+                    wait_for_more = 0.0 if idle is not None and idle() else self.max_wait_s
+                    due = queue[0].arrived + wait_for_more
                     if self._clock() >= due or self._closed:
                         return key, self._take(key)
                     wake_at = due

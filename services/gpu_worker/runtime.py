@@ -72,6 +72,7 @@ class Runtime:
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._stopping = threading.Event()
+        self._busy = threading.Event()  # set while the inference thread runs a batch
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -127,6 +128,7 @@ class Runtime:
             prepared = self._prepared.get()
             if prepared is None:
                 return
+            self._busy.set()
             try:
                 self._run(prepared)
             except Exception:
@@ -134,6 +136,9 @@ class Runtime:
                 # die, and let the supervisor restart us; kombu redelivers the jobs.
                 logger.exception("inference loop failed; exiting so the jobs are redelivered")
                 os._exit(70)
+            finally:
+                self._busy.clear()
+                self.batcher.poke()
 
     def _load(self) -> None:
         import torch
@@ -231,9 +236,14 @@ class Runtime:
 
     # -- prepare thread -----------------------------------------------------------------
 
+    def _idle(self) -> bool:
+        return not self._busy.is_set() and self._prepared.empty()
+
     def _prepare_main(self) -> None:
         while True:
-            got = self.batcher.next_batch(timeout=0.5)
+            # Nothing running and nothing decoded: don't hold a lone job back waiting for
+            # company; while a forward runs, jobs gather for up to MAX_WAIT_MS.
+            got = self.batcher.next_batch(timeout=0.5, idle=self._idle)
             if got is None:
                 if self._stopping.is_set():
                     self._prepared.put(None)

@@ -100,3 +100,12 @@ def test_close_drains_then_stops() -> None:
 def test_bad_limits_are_refused(size: int, wait: float) -> None:
     with pytest.raises(ValueError):
         Batcher(size, wait)
+
+
+def test_idle_caller_can_skip_the_wait() -> None:
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(8, max_wait_s=10.0, clock=clock)
+    b.put("m", 1)
+    assert b.next_batch(timeout=0) is None  # the default wait holds it back
+    assert b.next_batch(timeout=0, idle=lambda: False) is None
+    assert b.next_batch(timeout=0, idle=lambda: True) == ("m", [1])

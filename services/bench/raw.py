@@ -1,0 +1,115 @@
+"""The raw limit: the same model on the same images in one process, no server at all."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.preprocess import decode_and_preprocess
+from models.specs import ModelSpec
+
+
+@dataclass
+class RawResult:
+    """Images per second of each stage, and of the whole loop per batch size."""
+
+    device: str
+    torch_threads: int
+    decode_per_s: float
+    forward_per_s: dict[int, float] = field(default_factory=dict)
+    full_per_s: dict[int, float] = field(default_factory=dict)
+    single_image_ms: float = 0.0
+
+    @property
+    def best_batch(self) -> int:
+        """The batch size of the fastest full loop."""
+        return max(self.full_per_s, key=lambda b: self.full_per_s[b])
+
+    @property
+    def limit(self) -> float:
+        """The raw limit: the fastest full loop."""
+        return self.full_per_s[self.best_batch]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = asdict(self)
+        out.update(best_batch=self.best_batch, limit_per_s=self.limit)
+        return out
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def measure_raw(
+    spec: ModelSpec,
+    images: list[bytes],
+    batch_sizes: list[int],
+    seconds: float,
+    device_name: str,
+    max_pixels: int = 40_000_000,
+) -> RawResult:
+    """Decode-only, forward-only and decode+preprocess+forward rates; ~``seconds`` each."""
+    import torch
+
+    from models.loader import load_model
+    from services.gpu_worker.inference import Normalizer
+
+    device = torch.device(device_name)
+    loaded = load_model(spec, weights_dir=None, allow_random=True, allow_download=False,
+                        device=device)  # fmt: skip
+    normalize = Normalizer(spec.preprocess, device, channels_last=device.type == "cuda")
+    model = loaded.module
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    def forward(batch: np.ndarray) -> None:
+        with torch.inference_mode():
+            ac = torch.autocast("cuda", torch.float16) if device.type == "cuda" else None
+            if ac is not None:
+                with ac:
+                    model(normalize(batch))
+            else:
+                model(normalize(batch))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def decode(data: bytes) -> np.ndarray:
+        return decode_and_preprocess(data, spec.preprocess, max_pixels=max_pixels)
+
+    arrays = [decode(d) for d in images]  # also warms the decoder
+    forward(np.stack(arrays[:1]))
+    result = RawResult(device=device_name, torch_threads=torch.get_num_threads(), decode_per_s=0)
+
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        decode(images[n % len(images)])
+        n += 1
+    result.decode_per_s = _rate(n, time.perf_counter() - start)
+
+    for size in batch_sizes:
+        batch = np.stack([arrays[i % len(arrays)] for i in range(size)])
+        forward(batch)  # warm-up for this shape
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            forward(batch)
+            n += size
+        result.forward_per_s[size] = _rate(n, time.perf_counter() - start)
+
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            chunk = [images[(n + i) % len(images)] for i in range(size)]
+            forward(np.stack([decode(d) for d in chunk]))
+            n += size
+        result.full_per_s[size] = _rate(n, time.perf_counter() - start)
+
+    times = []
+    for data in images[:20]:
+        t = time.perf_counter()
+        forward(np.stack([decode(data)]))
+        times.append(time.perf_counter() - t)
+    result.single_image_ms = float(np.median(times) * 1000)
+    return result

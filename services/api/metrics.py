@@ -1,38 +1,106 @@
-"""Prometheus metrics of the API process (names fixed by the architecture contract)."""
+"""Prometheus metrics of the API process (names fixed by the architecture contract).
+
+Several uvicorn worker processes may serve one API: ``visionq api --workers N`` sets
+``PROMETHEUS_MULTIPROC_DIR`` (wiped first) and every scrape merges the counters and
+histograms of all processes. The API keeps no process-local gauges: queue depth and live
+workers are read from Redis at scrape time by whichever process answers, so no gauge
+multiprocess mode is needed and no process can report a stale value.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# From a cached GET (about 1 ms) to a /v1/predict that waits for a slow batch (60 s).
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 
 class ApiMetrics:
-    """All series the API exports."""
+    """The counters and histograms the API keeps (gauges come from Redis per scrape)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.requests = Counter(
-            "visionq_http_requests_total", "HTTP requests", ["route", "method", "status"]
+            "visionq_http_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=registry,
         )
         self.duration = Histogram(
             "visionq_http_request_duration_seconds",
             "HTTP request time",
             ["route", "method"],
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
         )
-        self.jobs_submitted = Counter("visionq_jobs_submitted_total", "Jobs queued", ["model"])
+        self.jobs_submitted = Counter(
+            "visionq_jobs_submitted_total", "Jobs queued", ["model"], registry=registry
+        )
         self.jobs_rejected = Counter(
-            "visionq_jobs_rejected_total", "Jobs refused at submit", ["model", "reason"]
+            "visionq_jobs_rejected_total",
+            "Jobs refused at submit",
+            ["model", "reason"],
+            registry=registry,
         )
-        self.queue_depth = Gauge("visionq_queue_depth", "Jobs waiting in a model queue", ["model"])
 
 
 API_METRICS = ApiMetrics()
+
+
+class ScrapeGauges(Collector):
+    """Gauges read from Redis for this one scrape; absent (not zero) when Redis is away."""
+
+    def __init__(self, depths: Mapping[str, int] | None, live: Mapping[str, int] | None) -> None:
+        self.depths = depths
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield visionq_queue_depth{model} and visionq_live_workers{model}."""
+        if self.depths is not None:
+            depth = GaugeMetricFamily(
+                "visionq_queue_depth", "Jobs waiting in a model queue", labels=["model"]
+            )
+            for model, value in sorted(self.depths.items()):
+                depth.add_metric([model], float(value))
+            yield depth
+        if self.live is not None:
+            live = GaugeMetricFamily(
+                "visionq_live_workers",
+                "Workers whose heartbeat says they serve the model",
+                labels=["model"],
+            )
+            for model, value in sorted(self.live.items()):
+                live.add_metric([model], float(value))
+            yield live
+
+
+def render_metrics(
+    depths: Mapping[str, int] | None,
+    live: Mapping[str, int] | None,
+    multiproc_dir: str | None = None,
+) -> bytes:
+    """The exposition text: this process (or all API processes) plus the scrape-time gauges."""
+    path = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_ENV)
+    if path:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(ScrapeGauges(depths, live))
+    return generate_latest(registry) + generate_latest(scrape)
 
 
 class MetricsMiddleware:

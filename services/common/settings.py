@@ -123,11 +123,17 @@ class WorkerSettings(CommonSettings):
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_host: str = Field("0.0.0.0", description="bind address of the worker's /metrics")
     worker_index: int = Field(0, ge=0, le=1000)
     torch_threads: int = Field(0, ge=0, le=256, description="0 picks from the core count")
     decode_threads: int = Field(0, ge=0, le=64, description="0 picks from the core count")
     autocast_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (CUDA; slow first batch)")
+    batch_buckets: bool = Field(
+        False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
+    )
+    gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
 

@@ -16,6 +16,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     """Run a worker until it is told to stop; returns its exit code."""
     # Pin before torch is imported anywhere in this process (fork + CUDA rule).
     plan = pin_device(device)
+    # A worker serves its own registry; in a multiprocess folder shared with an API its
+    # series would also leak into the API's /metrics and be counted twice.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     import redis
     from prometheus_client import start_http_server
@@ -25,6 +28,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.common.jobs import queue_name
     from services.common.settings import get_worker_settings
     from services.gpu_worker.broker import TRANSPORT_PATH
+    from services.gpu_worker.gpu_stats import start_gpu_sampler
     from services.gpu_worker.heartbeat import Heartbeat
     from services.gpu_worker.metrics import WorkerMetrics
     from services.gpu_worker.runtime import Runtime
@@ -64,9 +68,10 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     label = runtime.device_label
     if settings.metrics_port:
         port = settings.metrics_port + index
-        start_http_server(port, addr="0.0.0.0")
+        start_http_server(port, addr=settings.metrics_host)
         logger.info("worker metrics on :%d/metrics", port)
-    metrics.worker_up.labels(label).set(1)
+    metrics.mark_up(label)
+    gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {
         name: {
@@ -110,5 +115,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     finally:
         heartbeat.stop()
         metrics.worker_up.labels(label).set(0)
+        if gpu_sampler is not None:
+            gpu_sampler.stop()
         runtime.stop()
     return int(worker.exitcode or 0)

@@ -7,10 +7,10 @@ from typing import Any
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.deps import StateDep
-from services.api.metrics import API_METRICS
+from services.api.metrics import render_metrics
 from services.api.records import live_workers
 from services.common.jobs import queue_name
 
@@ -45,14 +45,17 @@ def _not_ready(reason: str) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    """Prometheus text format; queue depths are read from Redis now, at scrape time."""
+    """Prometheus text format; queue depths and live workers are read from Redis now."""
+    models = state.settings.models
+    depths: dict[str, int] | None = None
+    live: dict[str, int] | None = None
     try:
         pipe = state.redis.pipeline(transaction=False)
-        for name in state.settings.models:
+        for name in models:
             pipe.llen(queue_name(name))
-        for name, depth in zip(state.settings.models, await pipe.execute(), strict=True):
-            API_METRICS.queue_depth.labels(name).set(int(depth))
+        depths = {n: int(d) for n, d in zip(models, await pipe.execute(), strict=True)}
+        workers = await live_workers(state.redis)
+        live = {n: sum(1 for w in workers if n in w.get("models", [])) for n in models}
     except (redis.RedisError, OSError):
-        # Absent beats stale: drop the series while Redis is away.
-        API_METRICS.queue_depth.clear()
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        pass  # absent beats stale: no queue series while Redis is away
+    return Response(render_metrics(depths, live), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +19,12 @@ def outcomes_for(
     run: ForwardFn,
     labels: Sequence[str],
     on_oom: Callable[[], None],
+    stack: Callable[[list[Any]], Any] = np.stack,
 ) -> tuple[list[Outcome], float]:
     """Run ONE forward for the batch; return an outcome per runnable job and the time."""
     if not prepared.arrays:
         return [], 0.0
-    batch = np.stack(prepared.arrays)
+    batch = stack(prepared.arrays)
     k = max(claim.top_k for claim in prepared.run_claims)
     start = time.perf_counter()
     tops = forward_topk(run, batch, k, on_oom)

@@ -46,10 +46,10 @@ class Normalizer:
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalise on the device: the host copy stays uint8 (4x fewer bytes to move)."""
-        host = torch.from_numpy(batch)
-        if self.device.type == "cuda":
+        host = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
+        if self.device.type == "cuda" and host.device.type == "cpu":
             host = host.pin_memory()
         x = host.to(self.device, non_blocking=True).float().div_(255.0)
         x = x.sub_(self.mean).div_(self.std)
@@ -66,6 +66,39 @@ def is_oom(exc: BaseException) -> bool:
 
 
 ForwardFn = Callable[[np.ndarray], torch.Tensor]
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... and the maximum: the only batch shapes a bucketed model ever sees."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def bucketed(run: ForwardFn, max_batch_size: int) -> ForwardFn:
+    """Pad each batch with blank images up to the next bucket, and drop their rows after.
+
+    A compiled model or a captured CUDA graph is specialised to input shapes; a handful of
+    fixed sizes keeps recompilation away at the cost of some padded work.
+    """
+    sizes = bucket_sizes(max_batch_size)
+
+    def run_padded(batch: np.ndarray) -> torch.Tensor:
+        n = len(batch)
+        target = next((s for s in sizes if s >= n), n)
+        if target == n:
+            return run(batch)
+        if isinstance(batch, torch.Tensor):
+            pad = torch.zeros(
+                (target - n, *batch.shape[1:]), dtype=batch.dtype, device=batch.device
+            )
+            return run(torch.cat([batch, pad]))[:n]
+        padded = np.concatenate([batch, np.zeros((target - n, *batch.shape[1:]), batch.dtype)])
+        return run(padded)[:n]
+
+    return run_padded
 
 
 def forward_topk(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,8 @@ class Prepared:
     batch_wait_ms: float
 
 
-DecodeFn = Callable[[bytes], np.ndarray]
+# Decoders return uint8 (3, S, S): numpy on the CPU path, a CUDA tensor with GPU decode.
+DecodeFn = Callable[[bytes], Any]
 
 
 def make_decoder(pre: Preprocess, max_pixels: int) -> DecodeFn:
@@ -115,7 +117,7 @@ def build_prepared(
         batch_wait_ms=max((now - it.received) * 1000 for it in items),
     )
     for (item, claim), (value, ms) in zip(todo, decoded, strict=True):
-        if isinstance(value, np.ndarray):
+        if not isinstance(value, BaseException):  # numpy, or a CUDA tensor (GPU decode)
             prepared.run_items.append(item)
             prepared.run_claims.append(claim)
             prepared.arrays.append(value)

@@ -13,10 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
 
-import numpy as np
 import redis
 
 from models.loader import LoadedModel, load_model
@@ -24,25 +21,17 @@ from models.specs import ModelSpec
 from services.common.jobs import Status
 from services.common.settings import WorkerSettings
 from services.gpu_worker.batcher import Batcher
-from services.gpu_worker.device import DevicePlan, autocast_kwargs, default_threads
+from services.gpu_worker.device import DevicePlan, default_threads
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.prepare import (
-    DecodeFn,
     Prepared,
     WorkItem,
     build_prepared,
-    make_decoder,
 )
+from services.gpu_worker.serving import Served, build_served
 from services.gpu_worker.store import JobStore, Outcome
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Served:
-    loaded: LoadedModel
-    decode: DecodeFn
-    run: object  # ForwardFn, built on the inference thread
 
 
 class Runtime:
@@ -68,7 +57,7 @@ class Runtime:
             settings.max_batch_size, settings.max_wait_ms / 1000.0
         )
         self._prepared: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
-        self._served: dict[str, _Served] = {}
+        self._served: dict[str, Served] = {}
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._stopping = threading.Event()
@@ -155,9 +144,6 @@ class Runtime:
         torch.set_num_threads(torch_threads)
         if decode_threads > 1:
             self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vq-decode")
-        ac = autocast_kwargs(device.type, self.settings.autocast_dtype)
-        from services.gpu_worker.inference import Normalizer
-
         for name, spec in self.specs.items():
             loaded = load_model(
                 spec,
@@ -166,23 +152,7 @@ class Runtime:
                 allow_download=self.settings.allow_download,
                 device=device,
             )
-            module = loaded.module
-            normalizer = Normalizer(spec.preprocess, device, self.settings.channels_last)
-            if normalizer.channels_last:
-                module = module.to(memory_format=torch.channels_last)
-
-            def run(
-                batch: np.ndarray, m: torch.nn.Module = module, n: Normalizer = normalizer
-            ) -> torch.Tensor:
-                with torch.inference_mode(), torch.autocast(**ac) if ac else nullcontext():
-                    out: torch.Tensor = m(n(batch))
-                    return out
-
-            size = spec.preprocess.input_size
-            run(np.zeros((1, 3, size, size), dtype=np.uint8))  # warm-up: first call is slow
-            self._served[name] = _Served(
-                loaded, make_decoder(spec.preprocess, self.settings.max_image_pixels), run
-            )
+            self._served[name] = build_served(loaded, self.settings, device)
             logger.info(
                 "model %s ready on %s (weights: %s %s; %d torch threads, %d decode threads)",
                 name,
@@ -199,9 +169,10 @@ class Runtime:
         served = self._served[prepared.model]
         outcomes, forward_s = outcomes_for(
             prepared,
-            served.run,  # type: ignore[arg-type]
+            served.run,
             served.loaded.labels,
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
+            stack=served.stack,
         )
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()

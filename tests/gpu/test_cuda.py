@@ -56,3 +56,42 @@ def test_autocast_forward_agrees_with_fp32(dtype: str) -> None:
         amp.float().cpu().numpy(), run_fp32(batch).cpu().numpy(), atol=5e-2, rtol=5e-2
     )
     assert len(forward_topk(run_amp, batch, 5)) == 8
+
+
+def test_gpu_jpeg_decode_is_close_to_the_cpu_path() -> None:
+    import io
+
+    from PIL import Image
+
+    from models.preprocess import decode_and_preprocess
+    from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    device = torch.device("cuda:0")
+    on_gpu = make_gpu_decoder(PRE, 40_000_000, device)(data)
+    assert isinstance(on_gpu, torch.Tensor) and on_gpu.device.type == "cuda"
+    on_cpu = decode_and_preprocess(data, PRE, max_pixels=40_000_000)
+    diff = np.abs(on_gpu.cpu().numpy().astype(int) - on_cpu.astype(int))
+    assert diff.mean() < 8  # different resamplers, same picture
+    assert stack_batch([on_gpu, on_cpu], device).shape == (2, 3, 224, 224)
+
+
+def test_compile_with_buckets_runs() -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    from models.loader import LoadedModel
+    from models.weights import WeightsSource
+    from services.common.settings import WorkerSettings
+    from services.gpu_worker.serving import build_served
+
+    module = mobilenet_v3_small().eval().cuda()
+    labels = [str(i) for i in range(1000)]
+    spec = BUILTIN_MODELS["mobilenet_v3_small"]
+    loaded = LoadedModel(spec, module, labels, WeightsSource("random", ""))
+    settings = WorkerSettings(compile=True, batch_buckets=True, max_batch_size=8)
+    served = build_served(loaded, settings, torch.device("cuda:0"))
+    batch = np.random.default_rng(0).integers(0, 255, (3, 3, 224, 224), dtype=np.uint8)
+    assert served.run(batch).shape == (3, 1000)

@@ -129,6 +129,11 @@ class WorkerSettings(CommonSettings):
     decode_threads: int = Field(0, ge=0, le=64, description="0 picks from the core count")
     autocast_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (CUDA; slow first batch)")
+    batch_buckets: bool = Field(
+        False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
+    )
+    gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
 

@@ -18,6 +18,7 @@ from services.api.uploads import SubmitForm
 from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull
 from services.common.jobs import (
     DONE_CHANNEL,
+    INTERACTIVE,
     SUBMIT_LUA,
     TASK_NAME,
     image_key,
@@ -43,10 +44,12 @@ def new_job_ids(count: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(count)]
 
 
-async def store_jobs(state: ApiState, form: SubmitForm, job_ids: list[str]) -> None:
+async def store_jobs(
+    state: ApiState, form: SubmitForm, job_ids: list[str], lane: str = INTERACTIVE
+) -> None:
     """Write job records and images atomically, refusing when the queue is too deep."""
     settings = state.settings
-    keys = [DONE_CHANNEL, queue_name(form.model)]
+    keys = [DONE_CHANNEL, queue_name(form.model, lane)]
     args: list[Any] = [
         settings.queue_max_depth,
         settings.job_ttl_s,
@@ -62,19 +65,19 @@ async def store_jobs(state: ApiState, form: SubmitForm, job_ids: list[str]) -> N
     if int(depth) < 0:
         API_METRICS.jobs_rejected.labels(form.model, "queue_full").inc(len(job_ids))
         raise QueueFull(
-            f"queue {queue_name(form.model)} holds VISIONQ_QUEUE_MAX_DEPTH="
+            f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="
             f"{settings.queue_max_depth} jobs or more; retry later",
             retry_after_s=settings.retry_after_s,
         )
 
 
-def _publish(celery: Celery, model: str, job_ids: list[str]) -> None:
-    queue = queue_name(model)
+def _publish(celery: Celery, model: str, job_ids: list[str], lane: str) -> None:
+    queue = queue_name(model, lane)
     with celery.producer_or_acquire() as producer:
         for job_id in job_ids:
             celery.send_task(
                 TASK_NAME,
-                args=[job_id, model],
+                args=[job_id, model, lane],
                 queue=queue,
                 task_id=job_id,
                 producer=producer,
@@ -83,13 +86,15 @@ def _publish(celery: Celery, model: str, job_ids: list[str]) -> None:
             )
 
 
-async def submit(state: ApiState, form: SubmitForm, job_ids: list[str]) -> None:
-    """Store then enqueue; a job whose message could not be sent is marked failed."""
+async def submit(
+    state: ApiState, form: SubmitForm, job_ids: list[str], lane: str = INTERACTIVE
+) -> None:
+    """Store then enqueue on the model's queue for ``lane``; unsent jobs are removed."""
     check_model(state, form.model)
-    await store_jobs(state, form, job_ids)
+    await store_jobs(state, form, job_ids, lane)
     try:
         # kombu publishes with blocking sockets: keep it off the event loop.
-        await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids)
+        await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids, lane)
     except (OperationalError, redis.RedisError, OSError) as exc:
         await _fail_unsent(state, job_ids)
         raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc

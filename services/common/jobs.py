@@ -42,9 +42,18 @@ def image_key(job_id: str) -> str:
     return f"vq:img:{job_id}"
 
 
-def queue_name(model: str) -> str:
-    """The dedicated queue of a model: a batch never mixes models."""
-    return f"gpu.{model}"
+INTERACTIVE = "interactive"
+BULK = "bulk"
+LANES = (INTERACTIVE, BULK)
+
+
+def queue_name(model: str, lane: str = INTERACTIVE) -> str:
+    """The dedicated queue of a model: a batch never mixes models.
+
+    Bulk jobs (batch uploads of many images) have their own queue per model, so a deep
+    backlog of them never sits in front of an interactive request in Redis.
+    """
+    return f"gpu.{model}" if lane == INTERACTIVE else f"gpu.{model}.{lane}"
 
 
 def worker_key(worker_id: str) -> str:

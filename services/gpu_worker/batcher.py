@@ -24,6 +24,21 @@ class _Entry(Generic[T]):
     arrived: float
 
 
+@dataclass
+class _Lanes(Generic[T]):
+    """One key's waiting items: urgent ones are handed out before the others."""
+
+    urgent: deque[_Entry[T]]
+    normal: deque[_Entry[T]]
+
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.normal)
+
+    def oldest(self) -> float:
+        heads = [q[0].arrived for q in (self.urgent, self.normal) if q]
+        return min(heads)
+
+
 class Batcher(Generic[T]):
     """Gathers items per key into batches bounded by size and waiting time."""
 
@@ -40,16 +55,17 @@ class Batcher(Generic[T]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._clock = clock
-        self._queues: dict[Hashable, deque[_Entry[T]]] = {}
+        self._queues: dict[Hashable, _Lanes[T]] = {}
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, key: Hashable, item: T) -> None:
-        """Add one item; wakes the collector when a batch may be ready."""
+    def put(self, key: Hashable, item: T, urgent: bool = False) -> None:
+        """Add one item (urgent ones jump ahead of the others); wakes the collector."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            self._queues.setdefault(key, deque()).append(_Entry(item, self._clock()))
+            lanes = self._queues.setdefault(key, _Lanes(deque(), deque()))
+            (lanes.urgent if urgent else lanes.normal).append(_Entry(item, self._clock()))
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -87,7 +103,7 @@ class Batcher(Generic[T]):
                 if key is not None:
                     queue = self._queues[key]
                     wait_for_more = 0.0 if idle is not None and idle() else self.max_wait_s
-                    due = queue[0].arrived + wait_for_more
+                    due = queue.oldest() + wait_for_more
                     if self._clock() >= due or self._closed:
                         return key, self._take(key)
                     wake_at = due
@@ -112,11 +128,14 @@ class Batcher(Generic[T]):
         oldest: Hashable | None = None
         oldest_at = 0.0
         for key, queue in self._queues.items():
-            if queue and (oldest is None or queue[0].arrived < oldest_at):
-                oldest, oldest_at = key, queue[0].arrived
+            if len(queue) and (oldest is None or queue.oldest() < oldest_at):
+                oldest, oldest_at = key, queue.oldest()
         return oldest
 
     def _take(self, key: Hashable) -> list[T]:
-        queue = self._queues[key]
-        count = min(len(queue), self.max_batch_size)
-        return [queue.popleft().item for _ in range(count)]
+        lanes = self._queues[key]
+        taken: list[T] = []
+        for queue in (lanes.urgent, lanes.normal):
+            while queue and len(taken) < self.max_batch_size:
+                taken.append(queue.popleft().item)
+        return taken

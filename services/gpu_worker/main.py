@@ -25,7 +25,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
 
     from models.specs import load_registry
     from services.common.celery_app import make_celery
-    from services.common.jobs import queue_name
+    from services.common.jobs import LANES, queue_name
     from services.common.settings import get_worker_settings
     from services.gpu_worker.broker import TRANSPORT_PATH
     from services.gpu_worker.gpu_stats import start_gpu_sampler
@@ -102,7 +102,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         hostname=f"visionq-{label}-{index}@{socket.gethostname()}",
         pool_cls="threads",
         concurrency=concurrency,
-        queues=[queue_name(m) for m in specs],
+        queues=[queue_name(m, lane) for lane in LANES for m in specs],
         loglevel=settings.log_level,
         without_gossip=True,
         without_mingle=True,

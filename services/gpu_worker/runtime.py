@@ -89,13 +89,16 @@ class Runtime:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def submit(self, job_id: str, model: str) -> WorkItem:
-        """Queue one delivered job for batching; the caller waits on ``item.done``."""
+    def submit(self, job_id: str, model: str, urgent: bool = True) -> WorkItem:
+        """Queue one delivered job for batching; the caller waits on ``item.done``.
+
+        Interactive jobs are urgent: they join the next batch ahead of bulk jobs.
+        """
         item = WorkItem(job_id, model)
         if model not in self._served:
             item.release(requeue=True)
             return item
-        self.batcher.put(model, item)
+        self.batcher.put(model, item, urgent=urgent)
         return item
 
     @property

@@ -109,3 +109,12 @@ def test_idle_caller_can_skip_the_wait() -> None:
     assert b.next_batch(timeout=0) is None  # the default wait holds it back
     assert b.next_batch(timeout=0, idle=lambda: False) is None
     assert b.next_batch(timeout=0, idle=lambda: True) == ("m", [1])
+
+
+def test_urgent_items_jump_ahead_of_bulk_ones() -> None:
+    b: Batcher[str] = Batcher(3, max_wait_s=0.0)
+    for i in range(5):
+        b.put("m", f"bulk{i}")
+    b.put("m", "interactive", urgent=True)
+    assert b.next_batch(0) == ("m", ["interactive", "bulk0", "bulk1"])
+    assert b.next_batch(0) == ("m", ["bulk2", "bulk3", "bulk4"])

@@ -47,20 +47,45 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """Run the API server in this process."""
+    """Run the API server in this process (or in ``--workers`` uvicorn processes)."""
     import uvicorn
 
     from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
+    if args.workers > 1:
+        _fresh_multiproc_dir()
     uvicorn.run(
         "services.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
+        workers=args.workers,
         log_level=settings.log_level.lower(),
     )
     return 0
+
+
+def _fresh_multiproc_dir() -> Path:
+    """Give the API's processes one folder to share metrics in, empty of a past run's files."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    # prometheus-client's own variable, read by each uvicorn process it spawns.
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Counters left by a previous run would be added to this run's.
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="visionq-metrics-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -80,6 +105,16 @@ def cmd_workers(args: argparse.Namespace) -> int:
     from services.cli.up import run_workers
 
     return run_workers(args.gpus)
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    """Write docker-compose.gpu.yml (and the Prometheus worker targets) for N GPUs."""
+    from services.cli.compose import WORKER_TARGETS, write_compose
+
+    targets = None if args.no_targets else WORKER_TARGETS
+    for path in write_compose(args.gpus, args.out, targets):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -154,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("api", cmd_api, "the API server only")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="uvicorn processes (they share metrics files)")  # fmt: skip
 
     p = add("worker", cmd_worker, "one worker pinned to one device")
     p.add_argument("--device", type=_device, default=None,
@@ -164,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("workers", cmd_workers, "one worker process per GPU")
     p.add_argument("--gpus", default="all", help="all, or a comma list of GPU ids such as 0,2")
+
+    p = add("compose", cmd_compose, "write docker-compose.gpu.yml for N GPUs")
+    p.add_argument("--gpus", type=_positive_int, required=True, help="GPUs on the host")
+    p.add_argument("--out", type=Path, default=Path("docker-compose.gpu.yml"))
+    p.add_argument("--no-targets", action="store_true",
+                   help="do not rewrite deploy/prometheus/targets/workers.yml")  # fmt: skip
 
     p = add("predict", cmd_predict, "send image files or folders to the API; JSON lines out")
     p.add_argument("paths", nargs="+", metavar="PATH")

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import Gauge
+
 from services.gpu_worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,11 @@ class GpuSampler:
 
     def sample_once(self) -> None:
         """Read both values; a reader that fails leaves its series unset (and says so once)."""
-        self._sample("memory", self.read_memory, self.metrics.gpu_memory.labels(self.device).set)
+        self._sample("memory", self.read_memory, self.metrics.gpu_memory)
         if self.read_util is not None:
-            self._sample(
-                "utilization", self.read_util, self.metrics.gpu_util.labels(self.device).set
-            )
+            self._sample("utilization", self.read_util, self.metrics.gpu_util)
 
-    def _sample(self, what: str, read: Reader, publish: Callable[[float], None]) -> None:
+    def _sample(self, what: str, read: Reader, gauge: Gauge) -> None:
         try:
             value = read()
         except Exception as exc:  # a driver hiccup must not kill the worker's sampler
@@ -55,7 +55,8 @@ class GpuSampler:
                 logger.warning("cannot read GPU %s of %s: %s", what, self.device, exc)
                 self._failed.add(what)
             return
-        publish(value)
+        # Labelled only now: .labels() alone would publish a 0 that was never read.
+        gauge.labels(self.device).set(value)
 
     def start(self) -> GpuSampler:
         """Sample now, then in a daemon thread until stop()."""

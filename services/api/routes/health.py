@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.api.deps import StateDep
 from services.api.metrics import render_metrics
 from services.api.records import live_workers
-from services.common.jobs import queue_name
+from services.common.jobs import LANES, queue_name
 
 router = APIRouter(tags=["health"])
 
@@ -52,8 +52,11 @@ async def metrics(state: StateDep) -> Response:
     try:
         pipe = state.redis.pipeline(transaction=False)
         for name in models:
-            pipe.llen(queue_name(name))
-        depths = {n: int(d) for n, d in zip(models, await pipe.execute(), strict=True)}
+            for lane in LANES:
+                pipe.llen(queue_name(name, lane))
+        lengths = iter(await pipe.execute())
+        # One series per model: the jobs waiting in all of its lanes.
+        depths = {n: sum(int(next(lengths)) for _ in LANES) for n in models}
         workers = await live_workers(state.redis)
         live = {n: sum(1 for w in workers if n in w.get("models", [])) for n in models}
     except (redis.RedisError, OSError):

@@ -134,6 +134,7 @@ class WorkerSettings(CommonSettings):
         False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
     )
     gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
+    fault_injection: bool = Field(False, description="tests only: marked images misbehave")
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
 

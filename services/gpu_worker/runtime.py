@@ -29,7 +29,7 @@ from services.gpu_worker.prepare import (
     build_prepared,
 )
 from services.gpu_worker.serving import Served, build_served
-from services.gpu_worker.store import JobStore, Outcome
+from services.gpu_worker.store import Claim, JobStore, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class Runtime:
                 os._exit(70)
             finally:
                 self._busy.clear()
+                self._prepared.task_done()
                 self.batcher.poke()
 
     def _load(self) -> None:
@@ -229,17 +230,32 @@ class Runtime:
                 for item in items:
                     item.release(requeue=True)
                 continue
-            served = self._served[str(model)]
-            prepared, skipped = build_prepared(
-                str(model), items, claims, served.decode, self._pool, time.time()
-            )
-            for item in skipped:
-                item.release()
             self._count_skipped(str(model), claims)
-            if prepared.run_items or prepared.ended:
-                self._prepared.put(prepared)
+            fresh = [(i, c) for i, c in zip(items, claims, strict=True) if c.deliveries <= 1]
+            suspects = [(i, c) for i, c in zip(items, claims, strict=True) if c.deliveries > 1]
+            self._hand_over(str(model), fresh)
+            # A redelivered job may be what killed the last worker. Run it alone, once
+            # everything claimed with it is stored, so that if it kills this worker too
+            # no innocent job goes down with it (each death costs a delivery).
+            for suspect in suspects:
+                self._prepared.join()
+                self._hand_over(str(model), [suspect])
 
-    def _claim(self, job_ids: list[str]) -> list | None:  # type: ignore[type-arg]
+    def _hand_over(self, model: str, pairs: list[tuple[WorkItem, Claim]]) -> None:
+        """Decode claimed jobs and queue them for the inference thread."""
+        if not pairs:
+            return
+        items, claims = [p[0] for p in pairs], [p[1] for p in pairs]
+        served = self._served[model]
+        prepared, skipped = build_prepared(
+            model, items, claims, served.decode, self._pool, time.time()
+        )
+        for item in skipped:
+            item.release()
+        if prepared.run_items or prepared.ended:
+            self._prepared.put(prepared)
+
+    def _claim(self, job_ids: list[str]) -> list[Claim] | None:
         delay = 0.1
         while True:
             try:
@@ -251,7 +267,7 @@ class Runtime:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _count_skipped(self, model: str, claims: list) -> None:  # type: ignore[type-arg]
+    def _count_skipped(self, model: str, claims: list[Claim]) -> None:
         for claim in claims:
             if claim.verdict in ("expired", "worker_lost"):
                 self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()

@@ -51,8 +51,15 @@ def build_served(loaded: LoadedModel, settings: WorkerSettings, device: torch.de
             out: torch.Tensor = module(normalize(batch))
             return out
 
-    forward: ForwardFn = bucketed(run, settings.max_batch_size) if settings.batch_buckets else run
+    forward: ForwardFn = run
     decode: DecodeFn = make_decoder(spec.preprocess, settings.max_image_pixels)
+    if settings.fault_injection:
+        from services.gpu_worker.faults import faulty_decoder, faulty_forward
+
+        logger.warning("FAULT INJECTION is on: images can kill or stall this worker (tests)")
+        forward, decode = faulty_forward(forward), faulty_decoder(decode)
+    if settings.batch_buckets:
+        forward = bucketed(forward, settings.max_batch_size)
     stack: Callable[[list[Any]], Any] = np.stack
     if settings.gpu_decode:
         if device.type == "cuda":

@@ -1,0 +1,57 @@
+"""Fault tests: each test gets its own redis-server and its own stack, torn down by PID."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.redis_server import RedisServer
+from tests.images import make_image
+from tests.integration.conftest import stack_env
+from tests.integration.stack import Stack
+
+MakeStack = Callable[..., Stack]
+
+
+def fault_jpeg(fault: str, seed: int = 0) -> bytes:
+    """A valid JPEG whose comment asks the worker to misbehave (fault injection on)."""
+    buf = io.BytesIO()
+    make_image(seed, (96, 96)).save(buf, "JPEG", comment=f"VISIONQ-FAULT:{fault}".encode())
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def fault_redis() -> Iterator[RedisServer]:
+    server = RedisServer(port=0, appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def make_stack(fault_redis: RedisServer, models_file: Path, tmp_path: Path) -> Iterator[MakeStack]:
+    """Build a stack on this test's Redis with fault injection on; stopped afterwards."""
+    made: list[Stack] = []
+
+    def make(**overrides: str) -> Stack:
+        env = stack_env(
+            models_file,
+            VISIONQ_FAULT_INJECTION="1",
+            VISIONQ_VISIBILITY_TIMEOUT_S="4",
+            VISIONQ_UNACKED_RESTORE_INTERVAL_S="0.5",
+            **overrides,
+        )
+        stack = Stack(fault_redis.url, tmp_path / f"stack{len(made)}", env)
+        stack.tmp.mkdir()
+        made.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in made:
+            stack.stop_all()

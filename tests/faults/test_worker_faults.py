@@ -1,0 +1,102 @@
+"""Worker faults: poison jobs, SIGTERM mid-batch, out-of-memory splitting, deadlines."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import IDLE_MODEL, TEST_MODEL
+from tests.faults.conftest import MakeStack, fault_jpeg
+from tests.images import jpeg
+from tests.integration.helpers import files, predict, submit, wait_jobs
+
+pytestmark = pytest.mark.integration
+
+
+def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    stack.start_api()
+    good = [(f"g{i}.jpg", jpeg(i, (96, 96))) for i in range(6)]
+    ids = submit(stack.url, files(("poison.jpg", fault_jpeg("kill")), *good))
+    deaths = 0
+    worker = stack.start_worker(models=TEST_MODEL)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        statuses = [httpx.get(f"{stack.url}/v1/jobs/{i}").json()["status"] for i in ids]
+        if all(s in ("succeeded", "failed") for s in statuses):
+            break
+        if not worker.alive():
+            deaths += 1
+            assert deaths <= 3, "the poison job was run more than 3 times"
+            worker = stack.start_worker(models=TEST_MODEL)  # as a supervisor would
+        time.sleep(0.2)
+    records = wait_jobs(stack.url, ids, timeout=5)
+    poison, others = records[0], records[1:]
+    assert poison["status"] == "failed"
+    assert poison["error"]["code"] == "worker_lost"
+    assert [r["status"] for r in others] == ["succeeded"] * len(others)
+    assert all(r["timings"]["deliveries"] <= 2 for r in others)
+    assert deaths == 3  # delivered three times, then refused without running
+    assert worker.alive()
+
+
+def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    stack.start_api()
+    worker = stack.start_worker(models=TEST_MODEL)
+    stack.wait_ready()
+    ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=3")),
+                                  *[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{stack.url}/v1/jobs/{ids[0]}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker.popen.send_signal(signal.SIGTERM)  # warm shutdown while the slow batch runs
+    assert worker.popen.wait(60) == 0
+    # The running batch finished before the worker left; jobs it had not started were
+    # handed back, and a new worker completes them.
+    assert httpx.get(f"{stack.url}/v1/jobs/{ids[0]}").json()["status"] == "succeeded"
+    stack.start_worker(models=TEST_MODEL)
+    records = wait_jobs(stack.url, ids, timeout=90)
+    assert [r["status"] for r in records] == ["succeeded"] * len(ids)
+    assert records[0]["timings"]["deliveries"] == 1  # not run twice
+
+
+def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
+    stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
+    stack.start_api()
+    stack.worker_metrics_port = __import__(
+        "services.common.redis_server", fromlist=["x"]
+    ).free_port()
+    stack.start_worker(models=TEST_MODEL,
+                       extra={"VISIONQ_METRICS_PORT": str(stack.worker_metrics_port)})  # fmt: skip
+    stack.wait_ready()
+    parts = files(("always.jpg", fault_jpeg("oom")), ("big.jpg", fault_jpeg("oom_batch", 1)),
+                  *[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)])  # fmt: skip
+    resp = predict(stack.url, parts)
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert preds[0]["error"]["code"] == "out_of_memory"  # fails even alone
+    assert all("top_k" in p for p in preds[1:])  # fit once the batch was split
+    metrics = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics").text
+    oom = [line for line in metrics.splitlines() if line.startswith("visionq_oom_total{")]
+    assert oom and float(oom[0].split()[-1]) >= 2
+    after = predict(stack.url, files(("next.jpg", jpeg(9, (96, 96)))))
+    assert after.status_code == 200
+    assert after.json()["predictions"][0]["timings"]["deliveries"] == 1
+
+
+def test_job_past_its_deadline_is_expired_not_run(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    stack.start_api()
+    # No worker serves the idle model yet: the client's wait runs out first.
+    resp = predict(stack.url, files(("late.jpg", jpeg(1, (96, 96)))), model=IDLE_MODEL, timeout=1)
+    assert resp.status_code == 504
+    (job_id,) = resp.json()["error"]["job_ids"]
+    stack.start_worker(models=IDLE_MODEL)
+    (record,) = wait_jobs(stack.url, [job_id], timeout=90)
+    assert record["status"] == "expired"
+    assert record["error"]["code"] == "expired"

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from services.common.redis_server import free_port
 from tests.conftest import IDLE_MODEL, TEST_MODEL
 from tests.faults.conftest import MakeStack, fault_jpeg
 from tests.images import jpeg
@@ -68,9 +69,7 @@ def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
 def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
     stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
     stack.start_api()
-    stack.worker_metrics_port = __import__(
-        "services.common.redis_server", fromlist=["x"]
-    ).free_port()
+    stack.worker_metrics_port = free_port()
     stack.start_worker(models=TEST_MODEL,
                        extra={"VISIONQ_METRICS_PORT": str(stack.worker_metrics_port)})  # fmt: skip
     stack.wait_ready()

@@ -49,8 +49,8 @@ def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
     stack.start_api()
     worker = stack.start_worker(models=TEST_MODEL)
     stack.wait_ready()
-    ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=3")),
-                                  *[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]))  # fmt: skip
+    others = [(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]
+    ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=3")), *others))
     deadline = time.monotonic() + 30
     while httpx.get(f"{stack.url}/v1/jobs/{ids[0]}").json()["status"] != "running":
         assert time.monotonic() < deadline
@@ -70,11 +70,13 @@ def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
     stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
     stack.start_api()
     stack.worker_metrics_port = free_port()
-    stack.start_worker(models=TEST_MODEL,
-                       extra={"VISIONQ_METRICS_PORT": str(stack.worker_metrics_port)})  # fmt: skip
+    metrics_env = {"VISIONQ_METRICS_PORT": str(stack.worker_metrics_port)}
+    stack.start_worker(models=TEST_MODEL, extra=metrics_env)
     stack.wait_ready()
-    parts = files(("always.jpg", fault_jpeg("oom")), ("big.jpg", fault_jpeg("oom_batch", 1)),
-                  *[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)])  # fmt: skip
+    normal = [(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]
+    parts = files(
+        ("always.jpg", fault_jpeg("oom")), ("big.jpg", fault_jpeg("oom_batch", 1)), *normal
+    )
     resp = predict(stack.url, parts)
     assert resp.status_code == 200, resp.text
     preds = resp.json()["predictions"]

@@ -149,9 +149,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Placeholder until the benchmark harness lands."""
-    print("not implemented yet: see the performance issue", file=sys.stderr)
-    return 2
+    """The benchmark harness: raw limit, served and unbatched stacks."""
+    from services.bench.run import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="sent as the X-API-Key header")
 
     add("models", cmd_models, "registered models and where their weights come from")
-    p = add("bench", cmd_bench, "benchmark harness (not implemented yet)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = add("bench", cmd_bench, "raw limit vs served vs unbatched: table, JSON, chart")
+    from services.bench.run import add_arguments
+
+    add_arguments(p)
     return parser
 
 

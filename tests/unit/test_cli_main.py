@@ -38,10 +38,12 @@ def test_help_does_not_import_torch() -> None:
 
 def test_module_entry_point_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "bench"], capture_output=True, text=True
+        [sys.executable, "-m", "services.cli.main", "bench", "--concurrency", "0"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
+    assert "comma list of positive integers" in result.stderr
 
 
 def test_parser_rejects_bad_device_and_port() -> None:

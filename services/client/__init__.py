@@ -1,0 +1,50 @@
+"""A small typed client for the visionq HTTP API, blocking (``Client``) and asyncio
+(``AsyncClient``), with retries on 429/503 that honour Retry-After.
+
+    from services.client import Client
+
+    with Client("http://127.0.0.1:8000") as vq:
+        result = vq.predict(["cat.jpg"], top_k=3)
+"""
+
+from __future__ import annotations
+
+from services.client._shared import DEFAULT_URL, FileInput, RetryPolicy
+from services.client.aio import AsyncClient
+from services.client.errors import (
+    ApiError,
+    ApiTimeout,
+    ClientError,
+    RetryableError,
+    TransportError,
+)
+from services.client.sync import Client
+from services.client.types import (
+    BatchStatus,
+    Job,
+    JobRef,
+    Label,
+    ModelInfo,
+    Prediction,
+    PredictResult,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "ApiError",
+    "ApiTimeout",
+    "AsyncClient",
+    "BatchStatus",
+    "Client",
+    "ClientError",
+    "FileInput",
+    "Job",
+    "JobRef",
+    "Label",
+    "ModelInfo",
+    "PredictResult",
+    "Prediction",
+    "RetryPolicy",
+    "RetryableError",
+    "TransportError",
+]

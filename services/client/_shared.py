@@ -1,0 +1,127 @@
+"""What the sync and async clients share: building forms, reading errors, retry delays."""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.client.errors import ApiError, ApiTimeout, RetryableError
+
+# A path, or (filename, bytes) for data that is not in a file.
+FileInput = str | os.PathLike[str] | tuple[str, bytes]
+Parts = list[tuple[str, tuple[str, bytes, str]]]
+
+RETRY_STATUSES = frozenset({429, 503})
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry 429/503 answers and refused connections."""
+
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_wait_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to sleep before retry ``attempt`` (0-based): Retry-After when given."""
+        given = parse_retry_after(retry_after)
+        wait = given if given is not None else self.backoff_s * (2**attempt)
+        return min(max(wait, 0.0), self.max_wait_s)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def file_parts(files: Iterable[FileInput]) -> Parts:
+    """Multipart 'file' parts; paths are read now so a retry can send the same bytes."""
+    parts: Parts = []
+    for item in files:
+        if isinstance(item, tuple):
+            name, data = item
+        else:
+            path = Path(item)
+            name, data = path.name, path.read_bytes()
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        parts.append(("file", (name, data, mime)))
+    if not parts:
+        raise ValueError("give at least one file")
+    return parts
+
+
+def form_fields(
+    model: str | None, top_k: int | None = None, timeout: float | None = None
+) -> dict[str, str]:
+    """The optional text fields of the upload forms."""
+    fields: dict[str, str] = {}
+    if model:
+        fields["model"] = model
+    if top_k is not None:
+        fields["top_k"] = str(top_k)
+    if timeout is not None:
+        fields["timeout"] = f"{timeout:g}"
+    return fields
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for a key, or none."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def api_error(resp: httpx.Response) -> ApiError:
+    """The exception for an error answer, carrying the server's code and message."""
+    code, message, details = f"http_{resp.status_code}", resp.text[:500], {}
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        details = {k: v for k, v in err.items() if k not in ("code", "message")}
+        code = str(err.get("code", code))
+        message = str(err.get("message", message))
+    retry_after = parse_retry_after(resp.headers.get("retry-after"))
+    cls: type[ApiError] = ApiError
+    if resp.status_code in RETRY_STATUSES:
+        cls = RetryableError
+    elif resp.status_code == 504:
+        cls = ApiTimeout
+    return cls(resp.status_code, code, message, details, retry_after)
+
+
+def json_body(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer; ApiError for anything else."""
+    if resp.status_code >= 400:
+        raise api_error(resp)
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        raise ApiError(resp.status_code, "bad_response", "the answer is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ApiError(resp.status_code, "bad_response", "the answer is not a JSON object")
+    return body
+
+
+def chunks(items: Sequence[FileInput], size: int) -> list[Sequence[FileInput]]:
+    """``items`` cut into lists of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,212 @@
+"""The asyncio client: ``async with AsyncClient(url) as c: await c.predict(["cat.jpg"])``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from services.client._shared import (
+    DEFAULT_URL,
+    RETRY_STATUSES,
+    FileInput,
+    RetryPolicy,
+    auth_headers,
+    chunks,
+    file_parts,
+    form_fields,
+    json_body,
+)
+from services.client.errors import ApiError, TransportError
+from services.client.types import BatchStatus, Job, JobRef, ModelInfo, Prediction, PredictResult
+
+
+class AsyncClient:
+    """visionq over HTTP; retries 429/503 (honouring Retry-After) and refused connections."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"),
+            headers=auth_headers(api_key),
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retry.retries + 1):
+            last = attempt == self.retry.retries
+            try:
+                resp = await self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                # Nothing reached the server, so even a POST is safe to send again.
+                if last:
+                    raise TransportError(f"{method} {path}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt, None))
+                continue
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            if resp.status_code in RETRY_STATUSES and not last:
+                await asyncio.sleep(self.retry.delay(attempt, resp.headers.get("retry-after")))
+                continue
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def predict(
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        timeout: float | None = None,
+    ) -> PredictResult:
+        """Upload and wait for the top-k of every file (ApiTimeout carries the job ids)."""
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = max(self._http.timeout.read or 0.0, timeout + 10.0)
+        resp = await self._request(
+            "POST",
+            "/v1/predict",
+            files=file_parts(files),
+            data=form_fields(model, top_k, timeout),
+            **kwargs,
+        )
+        body = json_body(resp)
+        preds = [Prediction.from_json(p) for p in body.get("predictions", [])]
+        return PredictResult(str(body.get("model", "")), preds)
+
+    async def submit(
+        self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
+    ) -> list[JobRef]:
+        """Queue the files as interactive jobs; their ids to poll."""
+        resp = await self._request(
+            "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
+        )
+        return [
+            JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
+        ]
+
+    async def job(self, job_id: str) -> Job:
+        """A job's status, result or error, and timings."""
+        return Job.from_json(json_body(await self._request("GET", f"/v1/jobs/{job_id}")))
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Cancel a queued job (ApiError job_not_cancellable once it started)."""
+        json_body(await self._request("DELETE", f"/v1/jobs/{job_id}"))
+
+    async def wait_job(self, job_id: str, timeout: float = 60.0, poll_s: float = 0.5) -> Job:
+        """Poll until the job ended; ApiError 'timeout' after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job.ended:
+                return job
+            if time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"job {job_id} still {job.status} after {timeout}s")
+            await asyncio.sleep(poll_s)
+
+    async def models(self) -> list[ModelInfo]:
+        """The served models."""
+        body = json_body(await self._request("GET", "/v1/models"))
+        return [ModelInfo.from_json(m) for m in body.get("models", [])]
+
+    async def create_batch(
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        chunk_size: int = 32,
+    ) -> str:
+        """Upload many files as one low-priority batch, ``chunk_size`` per request; its id."""
+        first, *rest = chunks(files, chunk_size)
+        resp = await self._request(
+            "POST", "/v1/batches", files=file_parts(first), data=form_fields(model, top_k)
+        )
+        batch_id = str(json_body(resp)["batch_id"])
+        for part in rest:
+            await self._add(batch_id, part)
+        return batch_id
+
+    async def add_to_batch(
+        self, batch_id: str, files: Sequence[FileInput], chunk_size: int = 32
+    ) -> BatchStatus:
+        """Add files to an open batch; its progress afterwards."""
+        for part in chunks(files, chunk_size):
+            await self._add(batch_id, part)
+        return await self.batch(batch_id)
+
+    async def _add(self, batch_id: str, files: Sequence[FileInput]) -> None:
+        json_body(
+            await self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files))
+        )
+
+    async def batch(self, batch_id: str) -> BatchStatus:
+        """A batch's progress: total, succeeded, failed, cancelled, pending."""
+        return BatchStatus.from_json(
+            json_body(await self._request("GET", f"/v1/batches/{batch_id}"))
+        )
+
+    async def batch_results(
+        self, batch_id: str, offset: int = 0, limit: int | None = None
+    ) -> AsyncIterator[Job]:
+        """The batch's jobs in upload order, read as streamed JSON lines."""
+        params: dict[str, int] = {"offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        try:
+            async with self._http.stream(
+                "GET", f"/v1/batches/{batch_id}/results", params=params
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    json_body(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield Job.from_json(json.loads(line))
+        except httpx.HTTPError as exc:
+            raise TransportError(f"batch results: {type(exc).__name__}: {exc}") from exc
+
+    async def cancel_batch(self, batch_id: str) -> BatchStatus:
+        """Cancel every job of the batch that has not started; its progress afterwards."""
+        return BatchStatus.from_json(
+            json_body(await self._request("DELETE", f"/v1/batches/{batch_id}"))
+        )
+
+    async def wait_batch(
+        self, batch_id: str, timeout: float | None = None, poll_s: float = 1.0
+    ) -> BatchStatus:
+        """Poll until no job of the batch is pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = await self.batch(batch_id)
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"batch {batch_id}: {status.pending} still pending")
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,203 @@
+"""The blocking client: ``with Client(url) as c: c.predict(["cat.jpg"])``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from services.client._shared import (
+    DEFAULT_URL,
+    RETRY_STATUSES,
+    FileInput,
+    RetryPolicy,
+    auth_headers,
+    chunks,
+    file_parts,
+    form_fields,
+    json_body,
+)
+from services.client.errors import ApiError, TransportError
+from services.client.types import BatchStatus, Job, JobRef, ModelInfo, Prediction, PredictResult
+
+
+class Client:
+    """visionq over HTTP; retries 429/503 (honouring Retry-After) and refused connections."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers=auth_headers(api_key),
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retry.retries + 1):
+            last = attempt == self.retry.retries
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                # Nothing reached the server, so even a POST is safe to send again.
+                if last:
+                    raise TransportError(f"{method} {path}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt, None))
+                continue
+            except httpx.HTTPError as exc:
+                raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            if resp.status_code in RETRY_STATUSES and not last:
+                time.sleep(self.retry.delay(attempt, resp.headers.get("retry-after")))
+                continue
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def predict(
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        timeout: float | None = None,
+    ) -> PredictResult:
+        """Upload and wait for the top-k of every file (ApiTimeout carries the job ids)."""
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = max(self._http.timeout.read or 0.0, timeout + 10.0)
+        resp = self._request(
+            "POST",
+            "/v1/predict",
+            files=file_parts(files),
+            data=form_fields(model, top_k, timeout),
+            **kwargs,
+        )
+        body = json_body(resp)
+        preds = [Prediction.from_json(p) for p in body.get("predictions", [])]
+        return PredictResult(str(body.get("model", "")), preds)
+
+    def submit(
+        self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
+    ) -> list[JobRef]:
+        """Queue the files as interactive jobs; their ids to poll."""
+        resp = self._request(
+            "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
+        )
+        return [
+            JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
+        ]
+
+    def job(self, job_id: str) -> Job:
+        """A job's status, result or error, and timings."""
+        return Job.from_json(json_body(self._request("GET", f"/v1/jobs/{job_id}")))
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel a queued job (ApiError job_not_cancellable once it started)."""
+        json_body(self._request("DELETE", f"/v1/jobs/{job_id}"))
+
+    def wait_job(self, job_id: str, timeout: float = 60.0, poll_s: float = 0.5) -> Job:
+        """Poll until the job ended; ApiError 'timeout' after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.ended:
+                return job
+            if time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll_s)
+
+    def models(self) -> list[ModelInfo]:
+        """The served models."""
+        body = json_body(self._request("GET", "/v1/models"))
+        return [ModelInfo.from_json(m) for m in body.get("models", [])]
+
+    def create_batch(
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        chunk_size: int = 32,
+    ) -> str:
+        """Upload many files as one low-priority batch, ``chunk_size`` per request; its id."""
+        first, *rest = chunks(files, chunk_size)
+        resp = self._request(
+            "POST", "/v1/batches", files=file_parts(first), data=form_fields(model, top_k)
+        )
+        batch_id = str(json_body(resp)["batch_id"])
+        for part in rest:
+            self._add(batch_id, part)
+        return batch_id
+
+    def add_to_batch(
+        self, batch_id: str, files: Sequence[FileInput], chunk_size: int = 32
+    ) -> BatchStatus:
+        """Add files to an open batch; its progress afterwards."""
+        for part in chunks(files, chunk_size):
+            self._add(batch_id, part)
+        return self.batch(batch_id)
+
+    def _add(self, batch_id: str, files: Sequence[FileInput]) -> None:
+        json_body(self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files)))
+
+    def batch(self, batch_id: str) -> BatchStatus:
+        """A batch's progress: total, succeeded, failed, cancelled, pending."""
+        return BatchStatus.from_json(json_body(self._request("GET", f"/v1/batches/{batch_id}")))
+
+    def batch_results(
+        self, batch_id: str, offset: int = 0, limit: int | None = None
+    ) -> Iterator[Job]:
+        """The batch's jobs in upload order, read as streamed JSON lines."""
+        params: dict[str, int] = {"offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        try:
+            with self._http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    json_body(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield Job.from_json(json.loads(line))
+        except httpx.HTTPError as exc:
+            raise TransportError(f"batch results: {type(exc).__name__}: {exc}") from exc
+
+    def cancel_batch(self, batch_id: str) -> BatchStatus:
+        """Cancel every job of the batch that has not started; its progress afterwards."""
+        return BatchStatus.from_json(json_body(self._request("DELETE", f"/v1/batches/{batch_id}")))
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = None, poll_s: float = 1.0
+    ) -> BatchStatus:
+        """Poll until no job of the batch is pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.batch(batch_id)
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"batch {batch_id}: {status.pending} still pending")
+            time.sleep(poll_s)

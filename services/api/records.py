@@ -36,3 +36,12 @@ async def live_workers(client: aioredis.Redis) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return workers
+
+
+async def fetch_statuses(client: aioredis.Redis, job_ids: list[str]) -> list[str | None]:
+    """Only the status of these jobs, in one round trip; None where a record is gone."""
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(job_key(job_id), "status")
+    raws = await pipe.execute()
+    return [raw.decode() if raw else None for raw in raws]

@@ -1,0 +1,224 @@
+"""Batches: many images under one id, run on the models' bulk queues behind interactive jobs.
+
+A batch is ``vq:batch:<id>`` (a hash: model, top_k, created, cancelled) and
+``vq:batch:<id>:jobs`` (the job ids in upload order). Both live as long as a job may wait
+plus as long as its result stays readable, renewed on every upload. Progress is counted
+from the job records themselves, so it needs nothing from the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.api.deps import StateDep
+from services.api.records import fetch_records, fetch_statuses
+from services.api.state import ApiState
+from services.api.submit import check_model, new_job_ids, submit
+from services.api.uploads import SubmitForm, read_form
+from services.common.errors import JobConflict, JobNotFound
+from services.common.jobs import BULK, CANCEL_LUA, DONE_CHANNEL, image_key, job_key
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+_FORM_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "model": {"type": "string"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                }
+            }
+        },
+    }
+}
+_ID = re.compile(r"^[0-9a-f]{32}$")
+# Ids are read from Redis this many at a time, so a 10,000-image batch is never one reply.
+_PAGE = 1000
+_PENDING = ("queued", "running")
+_FAILED = ("failed", "expired")
+
+
+def batch_key(batch_id: str) -> str:
+    """Redis key of a batch's settings."""
+    return f"vq:batch:{batch_id}"
+
+
+def members_key(batch_id: str) -> str:
+    """Redis key of a batch's job ids, in upload order."""
+    return f"vq:batch:{batch_id}:jobs"
+
+
+class BatchNotFound(JobNotFound):
+    """No batch with that id (never existed or expired)."""
+
+    code = "batch_not_found"
+
+
+async def _meta(state: ApiState, batch_id: str) -> dict[str, str]:
+    if not _ID.match(batch_id):
+        raise BatchNotFound(f"no batch {batch_id[:64]!r}")
+    raw = await state.redis.hgetall(batch_key(batch_id))
+    if not raw:
+        raise BatchNotFound(f"no batch {batch_id}: unknown, or it expired")
+    return {_str(k): _str(v) for k, v in raw.items()}
+
+
+def _str(value: bytes | str) -> str:
+    # The API's client returns bytes; the stubs allow either.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ttl(state: ApiState) -> int:
+    return state.settings.job_ttl_s + state.settings.result_ttl_s
+
+
+async def _add(state: ApiState, batch_id: str, form: SubmitForm) -> int:
+    """Queue the form's files on the bulk lane and record them as members; the new total."""
+    job_ids = new_job_ids(len(form.files))
+    await submit(state, form, job_ids, lane=BULK)
+    pipe = state.redis.pipeline(transaction=True)
+    pipe.rpush(members_key(batch_id), *job_ids)
+    pipe.expire(members_key(batch_id), _ttl(state))
+    pipe.expire(batch_key(batch_id), _ttl(state))
+    pipe.hget(batch_key(batch_id), "cancelled")
+    total, _, _, cancelled = await pipe.execute()
+    if cancelled:
+        # A DELETE ran while these were being stored: it could not see them, so do its work.
+        await _cancel(state, job_ids)
+    return int(total)
+
+
+async def _ids(state: ApiState, batch_id: str, offset: int = 0) -> AsyncIterator[list[str]]:
+    start = offset
+    while True:
+        page = await state.redis.lrange(members_key(batch_id), start, start + _PAGE - 1)
+        if not page:
+            return
+        yield [_str(i) for i in page]
+        start += len(page)
+
+
+async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    async for ids in _ids(state, batch_id):
+        counts.update(s or "expired" for s in await fetch_statuses(state.redis, ids))
+    pending = sum(counts[s] for s in _PENDING)
+    status = "cancelled" if meta.get("cancelled") else ("running" if pending else "done")
+    return {
+        "batch_id": batch_id,
+        "model": meta["model"],
+        "top_k": int(meta["top_k"]),
+        "created": float(meta["created"]),
+        "status": status,
+        "total": sum(counts.values()),
+        "succeeded": counts["succeeded"],
+        "failed": sum(counts[s] for s in _FAILED),
+        "cancelled": counts["cancelled"],
+        "pending": pending,
+        "queued": counts["queued"],
+        "running": counts["running"],
+        "results_url": f"/v1/batches/{batch_id}/results",
+    }
+
+
+async def _cancel(state: ApiState, job_ids: list[str]) -> int:
+    pipe = state.redis.pipeline(transaction=False)
+    ttl = state.settings.result_ttl_s
+    for job_id in job_ids:
+        keys = [DONE_CHANNEL, job_key(job_id), image_key(job_id)]
+        pipe.eval(CANCEL_LUA, 3, *keys, ttl, job_id)
+    return sum(1 for outcome in await pipe.execute() if int(outcome) == 1)
+
+
+@router.post("", status_code=201, openapi_extra=_FORM_DOC)
+async def create_batch(request: Request, state: StateDep) -> JSONResponse:
+    """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
+    form = await read_form(request, state.settings)
+    check_model(state, form.model)
+    batch_id = uuid.uuid4().hex
+    meta: list[str | int | float] = ["model", form.model, "top_k", form.top_k]
+    meta += ["created", time.time()]
+    await state.redis.hset(batch_key(batch_id), items=meta)
+    await state.redis.expire(batch_key(batch_id), _ttl(state))
+    try:
+        total = await _add(state, batch_id, form)
+    except BaseException:
+        await state.redis.delete(batch_key(batch_id))
+        raise
+    body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
+    body["status_url"] = f"/v1/batches/{batch_id}"
+    return JSONResponse(body, status_code=201)
+
+
+@router.post("/{batch_id}/files", openapi_extra=_FORM_DOC)
+async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
+    """Add files to a batch; they use the model and top_k the batch was created with."""
+    meta = await _meta(state, batch_id)
+    if meta.get("cancelled"):
+        raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
+    form = await read_form(request, state.settings)
+    form = dataclasses.replace(form, model=meta["model"], top_k=int(meta["top_k"]))
+    total = await _add(state, batch_id, form)
+    return {"batch_id": batch_id, "added": len(form.files), "total": total}
+
+
+@router.get("/{batch_id}")
+async def get_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
+    """Progress: total, succeeded, failed, cancelled, pending."""
+    meta = await _meta(state, batch_id)
+    return await _summary(state, batch_id, meta)
+
+
+@router.get("/{batch_id}/results")
+async def batch_results(
+    batch_id: str,
+    state: StateDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+) -> StreamingResponse:
+    """The batch's jobs in upload order as JSON lines (one GET /v1/jobs/{id} object each)."""
+    await _meta(state, batch_id)
+
+    async def lines() -> AsyncIterator[bytes]:
+        left = limit
+        async for ids in _ids(state, batch_id, offset):
+            ids = ids if left is None else ids[:left]
+            for job_id, record in zip(ids, await fetch_records(state.redis, ids), strict=True):
+                item = record.to_api() if record else {"job_id": job_id, "status": "expired"}
+                yield (json.dumps(item) + "\n").encode()
+            if left is not None:
+                left -= len(ids)
+                if left <= 0:
+                    return
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.delete("/{batch_id}")
+async def cancel_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
+    """Cancel every job of the batch that has not started; running and ended ones stay."""
+    meta = await _meta(state, batch_id)
+    # Flag first: an upload that finishes after this sees the flag and cancels its own jobs.
+    await state.redis.hset(batch_key(batch_id), "cancelled", time.time())
+    meta["cancelled"] = "1"
+    cancelled = 0
+    async for ids in _ids(state, batch_id):
+        cancelled += await _cancel(state, ids)
+    return {**await _summary(state, batch_id, meta), "cancelled_now": cancelled}

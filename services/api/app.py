@@ -13,7 +13,7 @@ from services.api.deps import require_api_key
 from services.api.errors import install_error_handlers
 from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import MetricsMiddleware
-from services.api.routes import batches, health, jobs, models, submit
+from services.api.routes import batches, health, jobs, models, submit, ui
 from services.api.state import ApiState, make_async_redis
 from services.api.waiter import ResultWaiter
 from services.common.celery_app import make_celery
@@ -56,6 +56,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=auth)
     app.include_router(batches.router, dependencies=auth)
     app.include_router(health.router)
+    # The page itself is public; its calls to /v1 carry the key the user types in.
+    app.include_router(ui.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -22,6 +22,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -127,11 +134,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Send images to the API."""
-    from services.cli.predict import PredictOptions, collect_images, predict_files
+    from services.cli.predict import PredictOptions, run_command
 
-    files = collect_images(args.paths)
-    if not files:
-        raise ConfigError("no images found (looked for .jpg, .jpeg, .png, .webp files)")
     opts = PredictOptions(
         url=args.url,
         model=args.model,
@@ -139,13 +143,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         concurrency=args.concurrency,
         api_key=args.api_key,
+        retries=args.retries,
     )
-    if args.out is None:
-        failed = predict_files(files, opts, sys.stdout)
-    else:
-        with open(args.out, "w", encoding="utf-8") as out:
-            failed = predict_files(files, opts, out)
-    return 1 if failed else 0
+    return run_command(args.paths, opts, args.out, args.resume, sys.stdout)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -209,15 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-targets", action="store_true",
                    help="do not rewrite deploy/prometheus/targets/workers.yml")  # fmt: skip
 
-    p = add("predict", cmd_predict, "send image files or folders to the API; JSON lines out")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = add("predict", cmd_predict, "classify files, folders (recursive) or globs via the API")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     p.add_argument("--model", default=None, help="default: the server's default model")
     p.add_argument("--top-k", type=_positive_int, default=None)
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--out", default=None, help="JSON lines file (default stdout)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results.jsonl or .csv, written as results arrive (default stdout)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="skip files already done in --out; append the rest"
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds the server may wait")
-    p.add_argument("--concurrency", type=_positive_int, default=4)
-    p.add_argument("--api-key", default=None, help="sent as the X-API-Key header")
+    p.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
+    p.add_argument(
+        "--retries", type=_non_negative_int, default=3, help="retries on 429/503 per file"
+    )
+    p.add_argument("--api-key", default=None, help="sent as Authorization: Bearer <key>")
 
     add("models", cmd_models, "registered models and where their weights come from")
     p = add("bench", cmd_bench, "raw limit vs served vs unbatched: table, JSON, chart")

@@ -1,26 +1,46 @@
-"""``visionq predict``: send image files to the API and write one JSON line per file."""
+"""``visionq predict``: send image files to the API, stream one result per file to JSONL or CSV.
+
+Results are written and flushed as they arrive, so an interrupted run keeps what it has and
+``--resume`` sends only the files that have no successful result in the output yet.
+"""
 
 from __future__ import annotations
 
-import json
-import mimetypes
+import asyncio
+import glob
 import sys
-import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
+from services.cli.predict_output import Sink, done_paths, open_sink
+from services.client import ApiError, AsyncClient, ClientError, RetryPolicy
 from services.common.errors import ConfigError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+_GLOB_CHARS = frozenset("*?[")
+
+Record = dict[str, Any]
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, plus every image under the folders (recursive, sorted, no repeats)."""
+    """Files as named, images under folders (recursive) and glob matches; no repeats."""
     found: list[Path] = []
     seen: set[Path] = set()
 
@@ -30,12 +50,27 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
             seen.add(key)
             found.append(path)
 
+    def add_tree(folder: Path) -> None:
+        for item in sorted(folder.rglob("*")):
+            if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES:
+                add(item)
+
     for raw in paths:
-        path = Path(raw)
+        text = str(raw)
+        if _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise ConfigError(f"{text}: the pattern matches nothing")
+            for match in map(Path, matches):
+                # A pattern such as photos/* also matches notes: keep only images from it.
+                if match.is_dir():
+                    add_tree(match)
+                elif match.suffix.lower() in IMAGE_SUFFIXES:
+                    add(match)
+            continue
+        path = Path(text)
         if path.is_dir():
-            for item in sorted(path.rglob("*")):
-                if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES:
-                    add(item)
+            add_tree(path)
         elif path.is_file():
             # A file named explicitly is sent whatever its suffix: the server decides.
             add(path)
@@ -46,7 +81,7 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """What to ask the server for each file."""
+    """What to ask the server for each file, and how."""
 
     url: str
     model: str | None = None
@@ -54,97 +89,153 @@ class PredictOptions:
     timeout_s: float | None = None
     concurrency: int = 4
     api_key: str | None = None
+    retries: int = 3
 
 
-def _error(path: Path, code: str, message: str) -> dict[str, Any]:
-    return {"filename": path.name, "path": str(path), "error": {"code": code, "message": message}}
+@dataclass
+class Summary:
+    """What a run did."""
+
+    total: int
+    skipped: int = 0
+    succeeded: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        """How many files got an error."""
+        return sum(self.failures.values())
+
+    def line(self) -> str:
+        """One human line: done, failed by reason, skipped, time."""
+        text = f"predict: {self.succeeded} done, {self.failed} failed"
+        if self.failures:
+            reasons = ", ".join(f"{code} {n}" for code, n in self.failures.most_common())
+            text += f" ({reasons})"
+        if self.skipped:
+            text += f", {self.skipped} skipped (already done, --resume)"
+        sent = self.succeeded + self.failed
+        rate = sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return text + f"; {self.elapsed_s:.1f} s, {rate:.1f} images/s"
 
 
-def predict_one(client: httpx.Client, path: Path, opts: PredictOptions) -> dict[str, Any]:
-    """POST one file to /v1/predict; the prediction object, or a record with an error."""
-    data: dict[str, str] = {}
-    if opts.model:
-        data["model"] = opts.model
-    if opts.top_k is not None:
-        data["top_k"] = str(opts.top_k)
-    if opts.timeout_s is not None:
-        data["timeout"] = str(opts.timeout_s)
+def _error(path: Path, code: str, message: str) -> Record:
+    return {"path": str(path), "filename": path.name, "error": {"code": code, "message": message}}
+
+
+async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> Record:
+    """One file's record: its prediction, or an error with the server's code."""
     try:
-        content = path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         return _error(path, "read_error", str(exc))
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     try:
-        resp = client.post(
-            f"{opts.url.rstrip('/')}/v1/predict",
-            files={"file": (path.name, content, mime)},
-            data=data,
+        result = await client.predict(
+            [(path.name, data)], model=opts.model, top_k=opts.top_k, timeout=opts.timeout_s
         )
-    except httpx.HTTPError as exc:
-        return _error(path, "connection_error", f"{type(exc).__name__}: {exc}")
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        body = None
-    if resp.status_code != 200:
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict):
-            return {"filename": path.name, "path": str(path), "error": err}
-        return _error(path, f"http_{resp.status_code}", resp.text[:500])
-    predictions = body.get("predictions") if isinstance(body, dict) else None
-    if not isinstance(predictions, list) or not predictions:
+    except ApiError as exc:
+        return _error(path, exc.code, exc.message)
+    except ClientError as exc:
+        return _error(path, "connection_error", str(exc))
+    if not result.predictions:
         return _error(path, "bad_response", "the server's answer has no predictions")
-    result: dict[str, Any] = dict(predictions[0])
-    result.setdefault("model", body.get("model"))
-    result["path"] = str(path)
-    return result
+    pred = result.predictions[0]
+    if pred.error is not None:
+        return {"path": str(path), "filename": path.name, "error": pred.error}
+    return {
+        "path": str(path),
+        "filename": path.name,
+        "model": result.model,
+        "job_id": pred.job_id,
+        "top_k": [{"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k],
+        "timings": pred.timings,
+    }
 
 
-class _Progress:
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total, self.done, self.failed = total, 0, 0
-        self.stream = stream
-        self.live = stream.isatty()
-        self._lock = threading.Lock()
+async def _run(
+    files: list[Path], opts: PredictOptions, on_record: Callable[[Record], None]
+) -> None:
+    # The server waits for the result before it answers: give it that long plus a margin.
+    http_timeout = (opts.timeout_s or 30.0) + 30.0
+    client = AsyncClient(
+        opts.url,
+        api_key=opts.api_key,
+        timeout_s=http_timeout,
+        retry=RetryPolicy(retries=opts.retries),
+        max_connections=opts.concurrency,
+    )
+    pending = iter(files)
 
-    def tick(self, failed: bool) -> None:
-        with self._lock:
-            self.done += 1
-            self.failed += failed
-            if self.live:
-                self.stream.write(f"\rpredict: {self.done}/{self.total}, {self.failed} failed")
-                self.stream.flush()
+    async def worker() -> None:
+        # Workers share one iterator, so at most ``concurrency`` files are read and in flight.
+        for path in pending:
+            on_record(await predict_one(client, path, opts))
 
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-        self.stream.write(f"predict: {self.done}/{self.total} done, {self.failed} failed\n")
-        self.stream.flush()
+    async with client:
+        await asyncio.gather(*(worker() for _ in range(min(opts.concurrency, len(files)))))
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- images/s" if speed is None else f"{speed:.1f} images/s")
+
+
+def _progress(stream: TextIO) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(file=stream),
+    )
 
 
 def predict_files(
-    files: list[Path], opts: PredictOptions, out: TextIO, progress: TextIO = sys.stderr
+    files: list[Path], opts: PredictOptions, sink: Sink, progress: TextIO = sys.stderr
+) -> Summary:
+    """Predict every file, ``opts.concurrency`` at a time, writing each record as it arrives."""
+    summary = Summary(total=len(files))
+    start = time.monotonic()
+    with _progress(progress) as bar:
+        task = bar.add_task("predict", total=len(files))
+
+        def on_record(record: Record) -> None:
+            sink.write(record)
+            error = record.get("error")
+            if error:
+                summary.failures[str(error.get("code", "error"))] += 1
+            else:
+                summary.succeeded += 1
+            bar.update(task, advance=1, description=f"predict ({summary.failed} failed)")
+
+        try:
+            asyncio.run(_run(files, opts, on_record))
+        finally:
+            summary.elapsed_s = time.monotonic() - start
+    return summary
+
+
+def run_command(
+    paths: list[str], opts: PredictOptions, out: str | None, resume: bool, stream: TextIO
 ) -> int:
-    """Predict every file with ``opts.concurrency`` requests in flight; the failure count."""
-    http_timeout = (opts.timeout_s or 30.0) + 10.0  # the server waits first, then answers
-    headers = {"X-API-Key": opts.api_key} if opts.api_key else {}
-    bar = _Progress(len(files), progress)
-    limits = httpx.Limits(max_connections=max(1, opts.concurrency))
-    with (
-        httpx.Client(timeout=http_timeout, headers=headers, limits=limits) as client,
-        ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool,
-    ):
-        futures = [pool.submit(predict_one, client, path, opts) for path in files]
-        for record in _completed(futures):
-            failed = "error" in record
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            bar.tick(failed)
-    bar.close()
-    return bar.failed
-
-
-def _completed(futures: list[Any]) -> Iterator[dict[str, Any]]:
-    for future in as_completed(futures):
-        record: dict[str, Any] = future.result()
-        yield record
+    """The whole command: collect, skip what is done, predict, summarise; the exit code."""
+    files = collect_images(paths)
+    if not files:
+        raise ConfigError("no images found (looked for .jpg, .jpeg, .png, .webp files)")
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: it skips the files already done there")
+    skipped = 0
+    if resume and out is not None:
+        done = done_paths(Path(out))
+        kept = [f for f in files if str(f.resolve()) not in done]
+        skipped, files = len(files) - len(kept), kept
+    with open_sink(out, append=resume, stdout=stream) as sink:
+        summary = predict_files(files, opts, sink) if files else Summary(total=0)
+    summary.skipped = skipped
+    print(summary.line(), file=sys.stderr)
+    return 1 if summary.failed else 0

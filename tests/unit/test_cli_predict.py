@@ -14,6 +14,7 @@ import pytest
 
 from services.cli.main import main
 from services.cli.predict import PredictOptions, collect_images, predict_files
+from services.cli.predict_output import JsonlSink
 from services.common.errors import ConfigError
 
 
@@ -89,7 +90,8 @@ def test_predict_files_writes_one_line_per_file(tmp_path: Path, fake_api: str) -
     files = [_touch(tmp_path / f"img{i}.jpg") for i in range(5)] + [_touch(tmp_path / "bad.png")]
     out, progress = io.StringIO(), io.StringIO()
     opts = PredictOptions(url=fake_api, model="m", top_k=3, concurrency=3)
-    failed = predict_files(files, opts, out, progress)
+    summary = predict_files(files, opts, JsonlSink(out), progress)
+    failed = summary.failed
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert failed == 1
     assert len(records) == 6
@@ -98,7 +100,8 @@ def test_predict_files_writes_one_line_per_file(tmp_path: Path, fake_api: str) -
     assert by_name["img3.jpg"]["job_id"] == "j-img3.jpg"
     assert by_name["img3.jpg"]["path"] == str(tmp_path / "img3.jpg")
     assert all(f == {"model": True, "top_k": True} for f in _FakeApi.seen_fields)
-    assert "6/6 done, 1 failed" in progress.getvalue()
+    assert "6/6" in progress.getvalue()
+    assert summary.line().startswith("predict: 5 done, 1 failed (invalid_image 1)")
 
 
 def test_predict_command_exit_codes(
@@ -118,8 +121,8 @@ def test_predict_command_exit_codes(
 def test_predict_unreachable_server_records_errors(tmp_path: Path) -> None:
     image = _touch(tmp_path / "a.jpg")
     out = io.StringIO()
-    opts = PredictOptions(url="http://127.0.0.1:9", timeout_s=1.0)
-    assert predict_files([image], opts, out, io.StringIO()) == 1
+    opts = PredictOptions(url="http://127.0.0.1:9", timeout_s=1.0, retries=0)
+    assert predict_files([image], opts, JsonlSink(out), io.StringIO()).failed == 1
     assert json.loads(out.getvalue())["error"]["code"] == "connection_error"
 
 

@@ -1,0 +1,206 @@
+"""Every command in README.md is run here (or, where it cannot run on this machine, checked).
+
+How each kind is exercised:
+- ``make up`` (with its ``VAR=value`` prefix): ``make -n up`` must run ``visionq up``; then
+  the same ``visionq up`` runs for real, with the prefix's variables, on a free port, from an
+  empty ``TORCH_HOME`` with downloads off (a fresh laptop without weights), until ready.
+- ``curl``, ``visionq predict`` and the ```` ```python ```` blocks run against that stack, in
+  a folder holding ``cat.jpg`` and ``photos/``, with ``127.0.0.1:8000`` rewritten to its port.
+- ``make test``: ``make -n test`` (running it here would recurse into this very test).
+- ``visionq compose``, ``cat > .env``: run in a scratch folder.
+- ``docker compose``, ``kubectl``: no Docker, GPU or cluster here; the files they name must
+  exist and parse (tests/unit/test_deploy_*.py check their content).
+A command that matches none of these fails the test, so a new README command needs a runner.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from services.common.redis_server import free_port
+from tests.images import encode, jpeg, make_image
+from tests.integration.stack import ROOT
+
+pytestmark = pytest.mark.integration
+
+README = ROOT / "README.md"
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+_ENV_PREFIX = re.compile(r"^((?:[A-Z_]+=\S+\s+)*)(.*)$")
+
+
+def blocks(lang: str) -> list[str]:
+    """The bodies of README's fenced blocks in ``lang``."""
+    return [body for kind, body in _FENCE.findall(README.read_text()) if kind == lang]
+
+
+def commands() -> list[str]:
+    """Every shell command: comments dropped, heredocs kept whole."""
+    out: list[str] = []
+    for body in blocks("bash"):
+        lines = iter(body.splitlines())
+        for line in lines:
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if not line or line.startswith("#"):
+                continue
+            heredoc = re.search(r"<<'?(\w+)'?", line)
+            if heredoc:
+                rest = []
+                for more in lines:
+                    rest.append(more)
+                    if more.strip() == heredoc.group(1):
+                        break
+                line = "\n".join([line, *rest])
+            out.append(line)
+    return out
+
+
+def kind(command: str) -> str:
+    """Which runner exercises ``command``."""
+    body = _ENV_PREFIX.match(command)
+    rest = body.group(2) if body else command
+    for name, pattern in [
+        ("make_up", r"make up$"),
+        ("make_test", r"make test$"),
+        ("against_stack", r"curl |\.venv/bin/visionq predict "),
+        ("scratch", r"\.venv/bin/visionq compose |cat > \.env <<"),
+        ("static", r"docker compose |kubectl "),
+    ]:
+        if re.match(pattern, rest):
+            return name
+    return "unknown"
+
+
+def test_every_command_has_a_runner() -> None:
+    found = commands()
+    assert any(kind(c) == "make_up" for c in found) and any("predict" in c for c in found)
+    unknown = [c for c in found if kind(c) == "unknown"]
+    assert not unknown, f"README commands no test runs; add a runner here: {unknown}"
+
+
+def test_make_targets_are_what_the_readme_says() -> None:
+    for target, expected in [("up", ["visionq up"]), ("test", ["ruff check", "mypy", "pytest"])]:
+        dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        for text in expected:
+            assert text in dry.stdout, (target, dry.stdout)
+
+
+@pytest.fixture(scope="module")
+def readme_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``visionq up`` as ``make up`` runs it, with the README's variables; its URL."""
+    prefixes = {c.rsplit("make up", 1)[0].strip() for c in commands() if kind(c) == "make_up"}
+    (prefix,) = prefixes - {""}  # the quick start's VISIONQ_ALLOW_RANDOM_WEIGHTS=1
+    tmp = tmp_path_factory.mktemp("readme")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(dict(pair.split("=", 1) for pair in prefix.split()))
+    # A fresh laptop: no cached weights, no network for them.
+    env.update({"TORCH_HOME": str(tmp / "torch"), "VISIONQ_ALLOW_DOWNLOAD": "0"})
+    env.update({"VISIONQ_METRICS_PORT": "0", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"})
+    port = free_port()
+    log = tmp / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "up", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "visionq is up" not in log.read_text(errors="replace"):
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder like a user's: cat.jpg and photos/ with images in subfolders."""
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "cat.jpg").write_bytes(jpeg(1))
+    (folder / "photos" / "trip").mkdir(parents=True)
+    for i in range(3):
+        (folder / "photos" / f"p{i}.jpg").write_bytes(jpeg(10 + i, (64, 64)))
+    (folder / "photos" / "trip" / "beach.png").write_bytes(encode(make_image(5), "PNG"))
+    (folder / "photos" / "readme.txt").write_text("not an image")
+    return folder
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _localise(command: str, url: str) -> list[str]:
+    text = command.replace("http://127.0.0.1:8000", url)
+    args = shlex.split(text)
+    if args[0] == ".venv/bin/visionq":
+        args = [sys.executable, "-m", "services.cli.main", *args[1:], "--url", url]
+    return args
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "against_stack"])
+def test_command_against_the_stack(command: str, readme_stack: str, workdir: Path) -> None:
+    run = _run(_localise(command, readme_stack), workdir)
+    assert run.returncode == 0, (command, run.stdout, run.stderr)
+    if command.startswith("curl"):
+        assert '"predictions"' in run.stdout and '"top_k"' in run.stdout, run.stdout
+    else:
+        assert "4 done, 0 failed" in run.stderr or "4 skipped" in run.stderr, run.stderr
+
+
+def test_python_blocks_run(readme_stack: str, workdir: Path) -> None:
+    for code in blocks("python"):
+        script = code.replace("http://127.0.0.1:8000", readme_stack)
+        run = _run([sys.executable, "-c", script], workdir)
+        assert run.returncode == 0, (run.stdout, run.stderr)
+        assert "415 unsupported_media_type" in run.stdout, run.stdout
+
+
+def test_upload_page_is_served(readme_stack: str) -> None:
+    resp = httpx.get(readme_stack + "/")
+    assert resp.status_code == 200 and "<title>visionq</title>" in resp.text
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "scratch"])
+def test_scratch_commands(command: str, tmp_path: Path) -> None:
+    (tmp_path / "deploy" / "prometheus" / "targets").mkdir(parents=True)
+    if command.startswith(".venv/bin/visionq"):
+        args = [sys.executable, "-m", "services.cli.main", *shlex.split(command)[1:]]
+    else:
+        args = ["bash", "-c", command]
+    run = _run(args, tmp_path)
+    assert run.returncode == 0, run.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written, f"{command} wrote nothing"
+    for path in written:
+        if path.suffix in (".yml", ".yaml"):
+            assert yaml.safe_load(path.read_text()) is not None
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "static"])
+def test_static_commands_name_real_files(command: str) -> None:
+    args = shlex.split(command)
+    files = [args[i + 1] for i, a in enumerate(args) if a in ("-f", "-k")]
+    for name in files:
+        path = ROOT / name
+        target = path / "kustomization.yaml" if path.is_dir() else path
+        assert target.is_file(), f"{command}: {target} is missing"
+        assert yaml.safe_load(target.read_text()), target

@@ -60,8 +60,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
-    if args.workers > 1:
-        _fresh_multiproc_dir()
+    _fresh_multiproc_dir(args.workers)
     uvicorn.run(
         "services.api.app:create_app",
         factory=True,
@@ -73,7 +72,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fresh_multiproc_dir() -> Path:
+def _fresh_multiproc_dir(workers: int) -> Path | None:
     """Give the API's processes one folder to share metrics in, empty of a past run's files."""
     import atexit
     import os
@@ -82,6 +81,8 @@ def _fresh_multiproc_dir() -> Path:
 
     # prometheus-client's own variable, read by each uvicorn process it spawns.
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if workers == 1 and not given:
+        return None  # one process: its own registry, no files
     if given:
         folder = Path(given)
         folder.mkdir(parents=True, exist_ok=True)

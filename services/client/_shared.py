@@ -122,6 +122,22 @@ def json_body(resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def chunks(items: Sequence[FileInput], size: int) -> list[Sequence[FileInput]]:
-    """``items`` cut into lists of at most ``size``."""
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def chunks(
+    items: Sequence[FileInput], size: int, max_bytes: int = 32 * 1024 * 1024
+) -> list[Sequence[FileInput]]:
+    """``items`` cut into runs of at most ``size`` files and about ``max_bytes`` each.
+
+    The byte bound keeps each request under the server's VISIONQ_MAX_UPLOAD_BYTES (50 MiB
+    by default); a single larger file still goes alone, and the server answers 413.
+    """
+    out: list[Sequence[FileInput]] = []
+    start, held = 0, 0
+    for i, item in enumerate(items):
+        n = len(item[1]) if isinstance(item, tuple) else os.path.getsize(item)
+        if i > start and (i - start >= size or held + n > max_bytes):
+            out.append(items[start:i])
+            start, held = i, 0
+        held += n
+    if start < len(items):
+        out.append(items[start:])
+    return out

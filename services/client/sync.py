@@ -143,6 +143,8 @@ class Client:
         chunk_size: int = 32,
     ) -> str:
         """Upload many files as one low-priority batch, ``chunk_size`` per request; its id."""
+        if not files:
+            raise ValueError("give at least one file")
         first, *rest = chunks(files, chunk_size)
         resp = self._request(
             "POST", "/v1/batches", files=file_parts(first), data=form_fields(model, top_k)

@@ -186,3 +186,13 @@ def test_parse_retry_after_forms() -> None:
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= (parse_retry_after(later) or 0) <= 31
     assert RetryPolicy(max_wait_s=5).delay(0, "3600") == 5  # a huge ask is capped
+
+
+def test_chunks_bound_count_and_bytes() -> None:
+    from services.client._shared import chunks
+
+    items = [(f"{i}", b"x" * 10) for i in range(7)]
+    assert [len(c) for c in chunks(items, 3)] == [3, 3, 1]
+    assert [len(c) for c in chunks(items, 100, max_bytes=25)] == [2, 2, 2, 1]
+    assert [len(c) for c in chunks([("big", b"x" * 50), *items[:1]], 10, max_bytes=25)] == [1, 1]
+    assert chunks([], 3) == []

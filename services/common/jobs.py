@@ -134,18 +134,23 @@ return depth
 """
 
 # KEYS[1]=done channel, then job/image key pairs. ARGV: now, max_deliveries, result_ttl,
-# worker, then job ids. Per job returns {verdict, deliveries, created, top_k, image}, where
-# verdict is run | skip (already terminal or unknown) | expired | worker_lost.
+# worker, mode, then job ids. Per job returns {verdict, deliveries, created, top_k, image},
+# where verdict is run | skip (already terminal or unknown) | expired | worker_lost |
+# suspect. In mode "batch" a job already marked running (a redelivery: its last worker
+# died) is only reported as suspect, not counted: the worker claims it again alone
+# (mode "solo") when it is ready to run it by itself.
 CLAIM_LUA = (
     _FINISH_FN
     + """
 local out = {}
 local n = (#KEYS - 1) / 2
 for i = 0, n - 1 do
-  local jk, ik, id = KEYS[2 + 2*i], KEYS[3 + 2*i], ARGV[5 + i]
+  local jk, ik, id = KEYS[2 + 2*i], KEYS[3 + 2*i], ARGV[6 + i]
   local st = redis.call('HGET', jk, 'status')
   if st ~= 'queued' and st ~= 'running' then
     out[i + 1] = {'skip', 0, '', '', ''}
+  elseif st == 'running' and ARGV[5] == 'batch' then
+    out[i + 1] = {'suspect', redis.call('HGET', jk, 'deliveries') or 0, '', '', ''}
   else
     local d = redis.call('HINCRBY', jk, 'deliveries', 1)
     local dl = tonumber(redis.call('HGET', jk, 'deadline') or '')

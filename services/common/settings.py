@@ -135,6 +135,9 @@ class WorkerSettings(CommonSettings):
     )
     gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
     fault_injection: bool = Field(False, description="tests only: marked images misbehave")
+    batch_time_limit_s: float = Field(
+        60.0, gt=0, le=3600, description="a forward pass longer than this kills the worker"
+    )
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
 
@@ -145,13 +148,21 @@ class WorkerSettings(CommonSettings):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
+    @property
+    def longest_hold_s(self) -> float:
+        """The longest a fetched message can wait unacked: gathering while two batches run
+        (one in the forward pass, one decoded behind it), then its own batch."""
+        return self.max_wait_ms / 1000 + 3 * self.batch_time_limit_s
+
     @model_validator(mode="after")
     def _visibility_covers_batch(self) -> WorkerSettings:
-        # A message is fetched before it waits in the batcher; if the visibility timeout ran
-        # out before its batch finished, kombu would deliver it again while it still runs.
-        if self.visibility_timeout_s * 1000 <= 2 * self.max_wait_ms:
+        # kombu starts a message's visibility clock when it is fetched; if the clock ran out
+        # while the job still waited or ran here, another worker would run it a second time.
+        if self.visibility_timeout_s <= self.longest_hold_s:
             raise ValueError(
-                "VISIONQ_VISIBILITY_TIMEOUT_S must be far larger than VISIONQ_MAX_WAIT_MS"
+                f"VISIONQ_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the "
+                f"longest time a job can be held, {self.longest_hold_s:g} s "
+                "(VISIONQ_MAX_WAIT_MS + 3 x VISIONQ_BATCH_TIME_LIMIT_S); raise it or lower those"
             )
         return self
 

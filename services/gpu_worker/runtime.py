@@ -62,6 +62,7 @@ class Runtime:
         self._load_error: BaseException | None = None
         self._stopping = threading.Event()
         self._busy = threading.Event()  # set while the inference thread runs a batch
+        self._busy_since = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -79,6 +80,8 @@ class Runtime:
         prep = threading.Thread(target=self._prepare_main, name="vq-prepare", daemon=True)
         prep.start()
         self._threads.append(prep)
+        watchdog = threading.Thread(target=self._watchdog, name="vq-watchdog", daemon=True)
+        watchdog.start()
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Finish what was handed in, then stop both threads."""
@@ -120,6 +123,7 @@ class Runtime:
             prepared = self._prepared.get()
             if prepared is None:
                 return
+            self._busy_since = time.monotonic()
             self._busy.set()
             try:
                 self._run(prepared)
@@ -211,6 +215,16 @@ class Runtime:
 
     # -- prepare thread -----------------------------------------------------------------
 
+    def _watchdog(self) -> None:
+        # A forward pass can't be interrupted from Python; one stuck past the limit (hung
+        # driver, runaway input) would hold its jobs past the visibility timeout and get
+        # them run twice. Dying instead hands them back at once through redelivery.
+        limit = self.settings.batch_time_limit_s
+        while not self._stopping.wait(min(0.5, limit / 4)):
+            if self._busy.is_set() and time.monotonic() - self._busy_since > limit:
+                logger.critical("a batch ran over VISIONQ_BATCH_TIME_LIMIT_S=%g s; exiting", limit)
+                os._exit(75)
+
     def _idle(self) -> bool:
         return not self._busy.is_set() and self._prepared.empty()
 
@@ -231,15 +245,20 @@ class Runtime:
                     item.release(requeue=True)
                 continue
             self._count_skipped(str(model), claims)
-            fresh = [(i, c) for i, c in zip(items, claims, strict=True) if c.deliveries <= 1]
-            suspects = [(i, c) for i, c in zip(items, claims, strict=True) if c.deliveries > 1]
-            self._hand_over(str(model), fresh)
-            # A redelivered job may be what killed the last worker. Run it alone, once
-            # everything claimed with it is stored, so that if it kills this worker too
-            # no innocent job goes down with it (each death costs a delivery).
-            for suspect in suspects:
-                self._prepared.join()
-                self._hand_over(str(model), [suspect])
+            pairs = list(zip(items, claims, strict=True))
+            self._hand_over(str(model), [(i, c) for i, c in pairs if c.verdict != "suspect"])
+            # A redelivered job may be what killed the last worker. Claim and run it alone,
+            # once everything claimed before it is stored, so that if it kills this worker
+            # too no other job is in its hands (each death costs those jobs a delivery).
+            for item, claim in pairs:
+                if claim.verdict == "suspect":
+                    self._prepared.join()
+                    solo = self._claim([item.job_id], solo=True)
+                    if solo is None:
+                        item.release(requeue=True)
+                        continue
+                    self._count_skipped(str(model), solo)
+                    self._hand_over(str(model), [(item, solo[0])])
 
     def _hand_over(self, model: str, pairs: list[tuple[WorkItem, Claim]]) -> None:
         """Decode claimed jobs and queue them for the inference thread."""
@@ -255,11 +274,11 @@ class Runtime:
         if prepared.run_items or prepared.ended:
             self._prepared.put(prepared)
 
-    def _claim(self, job_ids: list[str]) -> list[Claim] | None:
+    def _claim(self, job_ids: list[str], solo: bool = False) -> list[Claim] | None:
         delay = 0.1
         while True:
             try:
-                return self.store.claim(job_ids, self.worker_id)
+                return self.store.claim(job_ids, self.worker_id, solo=solo)
             except redis.RedisError as exc:
                 if self._stopping.is_set():
                     return None

@@ -38,13 +38,13 @@ def make_stack(fault_redis: RedisServer, models_file: Path, tmp_path: Path) -> I
     made: list[Stack] = []
 
     def make(**overrides: str) -> Stack:
-        env = stack_env(
-            models_file,
-            VISIONQ_FAULT_INJECTION="1",
-            VISIONQ_VISIBILITY_TIMEOUT_S="4",
-            VISIONQ_UNACKED_RESTORE_INTERVAL_S="0.5",
-            **overrides,
-        )
+        settings = {
+            "VISIONQ_FAULT_INJECTION": "1",
+            "VISIONQ_VISIBILITY_TIMEOUT_S": "4",
+            "VISIONQ_BATCH_TIME_LIMIT_S": "1.2",
+            "VISIONQ_UNACKED_RESTORE_INTERVAL_S": "0.5",
+        }
+        env = stack_env(models_file, **{**settings, **overrides})
         stack = Stack(fault_redis.url, tmp_path / f"stack{len(made)}", env)
         stack.tmp.mkdir()
         made.append(stack)

@@ -45,7 +45,7 @@ def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStac
 
 
 def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
-    stack = make_stack()
+    stack = make_stack(VISIONQ_VISIBILITY_TIMEOUT_S="15", VISIONQ_BATCH_TIME_LIMIT_S="4")
     stack.start_api()
     worker = stack.start_worker(models=TEST_MODEL)
     stack.wait_ready()

@@ -20,6 +20,7 @@ def stack_env(models_file: Path, **extra: str) -> dict[str, str]:
         "VISIONQ_MAX_BATCH_SIZE": "16",
         "VISIONQ_MAX_WAIT_MS": "20",
         "VISIONQ_VISIBILITY_TIMEOUT_S": "8",
+        "VISIONQ_BATCH_TIME_LIMIT_S": "2.5",
         "VISIONQ_UNACKED_RESTORE_INTERVAL_S": "1",
         "VISIONQ_HEARTBEAT_INTERVAL_S": "0.5",
         "VISIONQ_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),

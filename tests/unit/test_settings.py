@@ -71,11 +71,22 @@ def test_short_api_key_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         get_api_settings()
 
 
-def test_visibility_timeout_must_cover_the_batch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VISIONQ_VISIBILITY_TIMEOUT_S", "1")
-    monkeypatch.setenv("VISIONQ_MAX_WAIT_MS", "900")
-    with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT"):
-        get_worker_settings()
+@pytest.mark.parametrize(
+    ("timeout", "wait_ms", "limit", "ok"),
+    [("10", "500", "3", True), ("10", "1000", "3", False), ("9", "0", "3", False),
+     ("300", "5", "60", True)],
+)  # fmt: skip
+def test_visibility_timeout_must_exceed_the_longest_hold(
+    monkeypatch: pytest.MonkeyPatch, timeout: str, wait_ms: str, limit: str, ok: bool
+) -> None:
+    monkeypatch.setenv("VISIONQ_VISIBILITY_TIMEOUT_S", timeout)
+    monkeypatch.setenv("VISIONQ_MAX_WAIT_MS", wait_ms)
+    monkeypatch.setenv("VISIONQ_BATCH_TIME_LIMIT_S", limit)
+    if ok:
+        assert get_worker_settings().longest_hold_s < float(timeout)
+    else:
+        with pytest.raises(ConfigError, match="VISIONQ_BATCH_TIME_LIMIT_S"):
+            get_worker_settings()
 
 
 def test_models_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

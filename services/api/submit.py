@@ -57,6 +57,7 @@ async def store_jobs(
         time.time(),
         form.top_k,
         "" if form.timeout is None else time.time() + form.timeout,
+        lane,
     ]
     for job_id, upload in zip(job_ids, form.files, strict=True):
         keys += [job_key(job_id), image_key(job_id)]

@@ -111,12 +111,17 @@ local function finish(jk, ik, status, err, ttl, id)
   if err ~= '' then redis.call('HSET', jk, 'error', err) end
   redis.call('DEL', ik)
   redis.call('EXPIRE', jk, ttl)
+  redis.call('ZREM', 'vq:queued', id)
   redis.call('PUBLISH', KEYS[1], id)
 end
 """
 
-# KEYS[1]=done channel, KEYS[2]=queue list, then job/image key pairs.
-# ARGV: max_depth, job_ttl, model, created, top_k, deadline, then (id, filename, bytes) triples.
+# Jobs not yet claimed by any worker, scored by when they were (re)published; the sweeper
+# (services/gpu_worker/sweeper.py) finds the ones whose message was lost.
+QUEUED_INDEX = "vq:queued"
+
+# KEYS[1]=done channel, KEYS[2]=queue list, then job/image key pairs. ARGV: max_depth,
+# job_ttl, model, created, top_k, deadline, lane, then (id, filename, bytes) triples.
 # Returns -1 when the queue is too deep (nothing written), else the queue depth seen.
 SUBMIT_LUA = """
 local depth = redis.call('LLEN', KEYS[2])
@@ -124,11 +129,13 @@ local n = (#KEYS - 2) / 2
 if depth + n > tonumber(ARGV[1]) then return -1 end
 for i = 0, n - 1 do
   local jk, ik = KEYS[3 + 2*i], KEYS[4 + 2*i]
-  local a = 7 + 3*i
+  local a = 8 + 3*i
   redis.call('HSET', jk, 'status', 'queued', 'model', ARGV[3], 'created', ARGV[4],
-             'top_k', ARGV[5], 'deadline', ARGV[6], 'filename', ARGV[a + 1], 'deliveries', 0)
+             'top_k', ARGV[5], 'deadline', ARGV[6], 'lane', ARGV[7],
+             'filename', ARGV[a + 1], 'deliveries', 0)
   redis.call('EXPIRE', jk, ARGV[2])
   redis.call('SET', ik, ARGV[a + 2], 'EX', ARGV[2])
+  redis.call('ZADD', 'vq:queued', ARGV[4], ARGV[a])
 end
 return depth
 """
@@ -166,6 +173,7 @@ for i = 0, n - 1 do
       out[i + 1] = {'worker_lost', d, created, '', ''}
     else
       redis.call('HSET', jk, 'status', 'running', 'worker', ARGV[4], 'started', ARGV[1])
+      redis.call('ZREM', 'vq:queued', id)
       local img = redis.call('GET', ik)
       if not img then
         finish(jk, ik, 'failed', cjson.encode({code='image_missing',

@@ -33,6 +33,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.gpu_worker.metrics import WorkerMetrics
     from services.gpu_worker.runtime import Runtime
     from services.gpu_worker.store import JobStore
+    from services.gpu_worker.sweeper import LostMessageSweeper
     from services.gpu_worker.tasks import register_tasks
 
     settings = get_worker_settings()
@@ -109,10 +110,19 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         without_heartbeat=True,
         optimization="fair",
     )
+    sweeper = LostMessageSweeper(
+        client,
+        app,
+        grace_s=settings.visibility_timeout_s,
+        interval_s=min(60.0, max(1.0, settings.visibility_timeout_s / 2)),
+        owner=worker_id,
+    )
     heartbeat.start()
+    sweeper.start()
     try:
         worker.start()
     finally:
+        sweeper.stop()
         heartbeat.stop()
         metrics.worker_up.labels(label).set(0)
         if gpu_sampler is not None:

@@ -109,3 +109,18 @@ def test_redis_killed_and_restarted(make_stack: MakeStack, fault_redis: RedisSer
     assert redis.Redis.from_url(fault_redis.url).llen(f"gpu.{IDLE_MODEL}") == len(queued)
     stack.start_worker(models=IDLE_MODEL)
     assert {r["status"] for r in wait_jobs(stack.url, queued, timeout=60)} == {"succeeded"}
+
+
+def test_lost_message_is_published_again(make_stack: MakeStack, fault_redis: RedisServer) -> None:
+    # kombu pops a message before it records it as unacked: a worker or Redis dying in
+    # between loses the message. Simulate exactly that by dropping the queued message.
+    stack = make_stack()
+    stack.start_api()
+    (job_id,) = submit(stack.url, files(("lost.jpg", jpeg(5, (96, 96)))), model=IDLE_MODEL)
+    client = redis.Redis.from_url(fault_redis.url)
+    assert client.delete(f"gpu.{IDLE_MODEL}") == 1
+    stack.start_worker(models=IDLE_MODEL)
+    (record,) = wait_jobs(stack.url, [job_id], timeout=60)
+    assert record["status"] == "succeeded"
+    assert record["timings"]["deliveries"] == 1
+    assert client.zscore("vq:queued", job_id) is None  # claimed jobs leave the index

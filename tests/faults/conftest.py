@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from tests.integration.conftest import stack_env
 from tests.integration.stack import Stack
 
 MakeStack = Callable[..., Stack]
+FIGURES = Path(__file__).with_name("figures.json")
+
+
+def record_figure(name: str, value: float) -> None:
+    """Keep a measured figure for the reliability table (reported, never asserted as speed)."""
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[name] = round(value, 2)
+    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
 def fault_jpeg(fault: str, seed: int = 0) -> bytes:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,20 +11,11 @@ import redis
 
 from services.common.redis_server import RedisServer
 from tests.conftest import IDLE_MODEL, TEST_MODEL
-from tests.faults.conftest import MakeStack, fault_jpeg
+from tests.faults.conftest import MakeStack, fault_jpeg, record_figure
 from tests.images import jpeg
 from tests.integration.helpers import error_code, files, predict, submit, wait_jobs
 
 pytestmark = pytest.mark.integration
-
-FIGURES = Path(__file__).with_name("figures.json")
-
-
-def _record(name: str, value: float) -> None:
-    """Keep a measured figure for the reliability table (not asserted as a speed)."""
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[name] = round(value, 2)
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
 def _stores(server: RedisServer, ids: list[str]) -> list[int]:
@@ -55,7 +44,7 @@ def test_sigkilled_worker_loses_nothing_and_stores_each_result_once(
     assert left, "the worker finished everything before it was killed; nothing tested"
     stack.start_worker(models=TEST_MODEL)
     records = wait_jobs(stack.url, ids, timeout=120)
-    _record("sigkill_recovery_s", time.monotonic() - killed_at)
+    record_figure("sigkill_recovery_s", time.monotonic() - killed_at)
     assert [r["status"] for r in records] == ["succeeded"] * len(ids)
     assert any(r["timings"]["deliveries"] >= 2 for r in records)  # redelivery happened
     assert _stores(fault_redis, ids) == [1] * len(ids)  # and no result was written twice
@@ -90,7 +79,7 @@ def test_redis_killed_and_restarted(make_stack: MakeStack, fault_redis: RedisSer
     fault_redis.kill()
     start = time.monotonic()
     resp = predict(stack.url, files(("down.jpg", jpeg(1, (96, 96)))))
-    _record("redis_down_503_s", time.monotonic() - start)
+    record_figure("redis_down_503_s", time.monotonic() - start)
     assert resp.status_code == 503
     assert error_code(resp) == "broker_unavailable"
     # A cold API process (first publish ever) must not hang either.
@@ -98,12 +87,12 @@ def test_redis_killed_and_restarted(make_stack: MakeStack, fault_redis: RedisSer
     cold.start_api()
     start = time.monotonic()
     assert predict(cold.url, files(("cold.jpg", jpeg(2, (96, 96))))).status_code == 503
-    _record("redis_down_cold_api_503_s", time.monotonic() - start)
+    record_figure("redis_down_cold_api_503_s", time.monotonic() - start)
     fault_redis.restart()
     restarted = time.monotonic()
     first = predict(stack.url, files(("back.jpg", jpeg(3, (96, 96)))))
     assert first.status_code == 200, first.text  # the first request after recovery
-    _record("redis_restart_first_result_s", time.monotonic() - restarted)
+    record_figure("redis_restart_first_result_s", time.monotonic() - restarted)
     for job_id in queued:  # queued jobs survived the kill -9 through the AOF
         assert httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["status"] == "queued"
     assert redis.Redis.from_url(fault_redis.url).llen(f"gpu.{IDLE_MODEL}") == len(queued)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
@@ -40,6 +40,24 @@ class SubmitForm:
     top_k: int
     timeout: float | None
     files: list[Upload]
+
+
+def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of the upload form (parsed by hand, so FastAPI can't infer it)."""
+    properties: dict[str, Any] = {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "model": {"type": "string"},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
+    if with_timeout:
+        properties["timeout"] = {"type": "number", "exclusiveMinimum": 0}
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+    }
 
 
 def safe_filename(name: str | None, index: int) -> str:

@@ -24,30 +24,13 @@ from services.api.deps import StateDep
 from services.api.records import fetch_records, fetch_statuses
 from services.api.state import ApiState
 from services.api.submit import check_model, new_job_ids, submit
-from services.api.uploads import SubmitForm, read_form
+from services.api.uploads import SubmitForm, multipart_form_doc, read_form
 from services.common.errors import JobConflict, JobNotFound
 from services.common.jobs import BULK, CANCEL_LUA, DONE_CHANNEL, image_key, job_key
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-_FORM_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "model": {"type": "string"},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                }
-            }
-        },
-    }
-}
+_FORM_DOC = multipart_form_doc(with_timeout=False)
 _ID = re.compile(r"^[0-9a-f]{32}$")
 # Ids are read from Redis this many at a time, so a 10,000-image batch is never one reply.
 _PAGE = 1000

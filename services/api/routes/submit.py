@@ -10,31 +10,13 @@ from fastapi.responses import JSONResponse
 from services.api.deps import StateDep
 from services.api.records import fetch_records
 from services.api.submit import check_model, new_job_ids, submit
-from services.api.uploads import read_form
+from services.api.uploads import multipart_form_doc, read_form
 from services.common.errors import InvalidImage, Timeout
 from services.common.jobs import JobRecord, Status
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
-_FORM_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "model": {"type": "string"},
-                        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        "timeout": {"type": "number", "exclusiveMinimum": 0},
-                    },
-                }
-            }
-        },
-    }
-}
+_FORM_DOC = multipart_form_doc(with_timeout=True)
 
 
 def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[str, Any]:

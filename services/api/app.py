@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from models.specs import load_registry
-from services.api.deps import require_api_key
+from services.api.deps import require_access
 from services.api.errors import install_error_handlers
 from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import MetricsMiddleware
+from services.api.metrics_server import scrape, start_metrics_server
+from services.api.ratelimit import RateLimiter
 from services.api.routes import batches, health, jobs, models, submit, ui
 from services.api.state import ApiState, make_async_redis
 from services.api.waiter import ResultWaiter
@@ -35,11 +38,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_async_redis(settings)
         waiter = ResultWaiter(client)
-        app.state.visionq = ApiState(settings, client, make_celery(settings), waiter, registry)
+        state = ApiState(settings, client, make_celery(settings), waiter, registry)
+        app.state.visionq = state
+        if settings.rate_limit_per_minute:
+            app.state.rate_limiter = RateLimiter(client, settings.rate_limit_per_minute)
+        side = None
+        if settings.metrics_address is not None:
+            host, port = settings.metrics_address
+            side = await start_metrics_server(host, port, lambda: scrape(state))
         await waiter.start()
         try:
             yield
         finally:
+            if side is not None:
+                side.close()
             await waiter.stop()
             await client.aclose()
 
@@ -50,7 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    auth = [Depends(require_api_key)]
+    auth = [Depends(require_access)]
     app.include_router(submit.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(models.router, dependencies=auth)
@@ -60,4 +72,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(ui.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        # Outermost, so refusals (401, 413, 429) carry the headers a browser needs to read them.
+        # Keys travel in headers, never cookies: credentials stay off.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
     return app

@@ -13,6 +13,7 @@ Hierarchy::
     ├── UnsupportedMediaType     415 unsupported_media_type
     ├── RequestInvalid           422 validation_error
     ├── QueueFull                429 queue_full (Retry-After)
+    ├── RateLimited              429 rate_limited (Retry-After)
     ├── BrokerUnavailable        503 broker_unavailable
     └── Timeout                  504 timeout
 """
@@ -105,6 +106,17 @@ class QueueFull(VisionqError):
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class RateLimited(VisionqError):
+    """The API key used up its VISIONQ_RATE_LIMIT_PER_MINUTE."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
         self.headers = {"Retry-After": str(retry_after_s)}
 
 

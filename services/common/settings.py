@@ -6,18 +6,23 @@ Nothing else in the code base reads ``os.environ`` for visionq settings; process
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.common.errors import ConfigError
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# An origin is scheme://host[:port]: no path, no wildcard, nothing a browser would not send.
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_BIND = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 _S = TypeVar("_S", bound=BaseSettings)
 
@@ -98,11 +103,18 @@ class ApiSettings(CommonSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="whole request body")
     max_files_per_request: int = Field(64, gt=0, le=10000)
     api_keys: CommaList = Field(default_factory=list)
+    api_keys_file: Path | None = Field(None, description="lines of sha256 hex digests of keys")
+    rate_limit_per_minute: int = Field(0, ge=0, le=1_000_000, description="per key; 0 = off")
+    cors_origins: CommaList = Field(default_factory=list, description="explicit origins only")
+    metrics_bind: str = Field("", description="host:port of a separate /metrics server")
     predict_timeout_s: float = Field(30.0, gt=0, description="default wait of /v1/predict")
     max_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(2, ge=1)
 
-    @field_validator("api_keys", mode="before")
+    # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
+    _key_digests: tuple[bytes, ...] = PrivateAttr(default=())
+
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _keys_list(cls, value: object) -> object:
         return _split_commas(value)
@@ -114,6 +126,78 @@ class ApiSettings(CommonSettings):
             if len(key) < 16:
                 raise ValueError("every API key needs at least 16 characters")
         return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_valid(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key_digests(value)  # refuse a bad file at start-up, not at the first request
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_explicit(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an explicit origin such as https://app.example.com "
+                    "(no wildcard, no path)"
+                )
+        return value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _bind_form(cls, value: str) -> str:
+        value = value.strip()
+        found = _BIND.match(value)
+        if value and (found is None or not 1 <= int(found.group(2)) <= 65535):
+            raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:9200")
+        return value
+
+    @model_validator(mode="after")
+    def _collect_digests(self) -> ApiSettings:
+        digests = [hashlib.sha256(key.encode()).digest() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            digests += read_key_digests(self.api_keys_file)
+        self._key_digests = tuple(digests)
+        return self
+
+    @property
+    def key_digests(self) -> tuple[bytes, ...]:
+        """sha256 digests of the accepted API keys; empty means /v1 is open."""
+        return self._key_digests
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the separate /metrics server, or None to serve it on the API."""
+        if not self.metrics_bind:
+            return None
+        host, _, port = self.metrics_bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def read_key_digests(path: Path) -> list[bytes]:
+    """Digests in a keys file: the first word of each line (sha256sum output); # comments."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    digests = []
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        text = words[0].lower()
+        if not _SHA256_HEX.match(text):
+            # Never echo the line: it may be a plaintext key written by mistake.
+            raise ValueError(
+                f"{path} line {number} is not a sha256 hex digest (64 hex digits); "
+                "write sha256(key), e.g. printf %s KEY | sha256sum"
+            )
+        digests.append(bytes.fromhex(text))
+    if not digests:
+        raise ValueError(f"{path} holds no key digest; an empty file would leave /v1 open")
+    return digests
 
 
 class WorkerSettings(CommonSettings):

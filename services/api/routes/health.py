@@ -8,11 +8,11 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
 from services.api.deps import StateDep
-from services.api.metrics import render_metrics
+from services.api.metrics_server import scrape
 from services.api.records import live_workers
-from services.common.jobs import LANES, queue_name
 
 router = APIRouter(tags=["health"])
 
@@ -45,20 +45,7 @@ def _not_ready(reason: str) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    """Prometheus text format; queue depths and live workers are read from Redis now."""
-    models = state.settings.models
-    depths: dict[str, int] | None = None
-    live: dict[str, int] | None = None
-    try:
-        pipe = state.redis.pipeline(transaction=False)
-        for name in models:
-            for lane in LANES:
-                pipe.llen(queue_name(name, lane))
-        lengths = iter(await pipe.execute())
-        # One series per model: the jobs waiting in all of its lanes.
-        depths = {n: sum(int(next(lengths)) for _ in LANES) for n in models}
-        workers = await live_workers(state.redis)
-        live = {n: sum(1 for w in workers if n in w.get("models", [])) for n in models}
-    except (redis.RedisError, OSError):
-        pass  # absent beats stale: no queue series while Redis is away
-    return Response(render_metrics(depths, live), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format; 404 here when VISIONQ_METRICS_BIND serves it elsewhere."""
+    if state.settings.metrics_bind:
+        raise HTTPException(404, "metrics are served on VISIONQ_METRICS_BIND, not here")
+    return Response(await scrape(state), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,8 @@ def targets(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     raw = result["raw"]
     served = {r["concurrency"]: r for r in result["served"]}
     unbatched = {r["concurrency"]: r for r in result.get("unbatched", [])}
-    top = max(served)
+    # The performance issue judges the served stack at 16 clients; else the busiest point.
+    top = 16 if 16 in served else max(served)
     out: list[tuple[str, float, float, bool]] = []
     ratio = served[top]["per_s"] / raw["limit_per_s"]
     out.append((f"served/raw at {top} clients", ratio, 0.75, ratio >= 0.75))

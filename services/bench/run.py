@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     started = time.time()
     print(f"raw limit: {args.model} on {device}, batch sizes {args.batch_sizes} ...", flush=True)
-    seconds_raw = max(1.0, args.seconds / 5)
+    seconds_raw = max(1.5, args.seconds / 3)
     raw = measure_raw(registry[args.model], images, args.batch_sizes, seconds_raw, device)
     result: dict[str, Any] = {
         "model": args.model,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 
-from services.common.errors import BrokerUnavailable, VisionqError
+from services.common.errors import BrokerUnavailable, PayloadTooLarge, VisionqError
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,12 @@ logger = logging.getLogger(__name__)
 def error_response(exc: VisionqError) -> JSONResponse:
     """``{"error": {"code", "message", ...details}}`` with the error's status and headers."""
     body = {"error": {"code": exc.code, "message": exc.message, **exc.details}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers or None)
+    headers = dict(exc.headers)
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body may still be on its way (or never end): uvicorn closes the
+        # connection after this answer instead of reading and discarding it forever.
+        headers["Connection"] = "close"
+    return JSONResponse(body, status_code=exc.status, headers=headers or None)
 
 
 _HTTP_CODES = {

@@ -56,6 +56,13 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         socket_timeout=max(settings.redis_timeout_s, 5.0),
         health_check_interval=10,
     )
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        # Retrying can't fix credentials: stop with the reason instead of looping.
+        raise ConfigError(f"VISIONQ_REDIS_URL: Redis refused the credentials ({exc})") from exc
+    except redis.RedisError:
+        pass  # not up yet: Celery and the runtime retry until it is
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)

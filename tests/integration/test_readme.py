@@ -15,6 +15,7 @@ A command that matches none of these fails the test, so a new README command nee
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -76,6 +77,7 @@ def kind(command: str) -> str:
         ("against_stack", r"curl |\.venv/bin/visionq predict "),
         ("scratch", r"\.venv/bin/visionq compose |cat > \.env <<"),
         ("static", r"docker compose |kubectl "),
+        ("bench", r"\.venv/bin/visionq bench"),
     ]:
         if re.match(pattern, rest):
             return name
@@ -204,3 +206,23 @@ def test_static_commands_name_real_files(command: str) -> None:
         target = path / "kustomization.yaml" if path.is_dir() else path
         assert target.is_file(), f"{command}: {target} is missing"
         assert yaml.safe_load(target.read_text()), target
+
+
+# The README's bench commands, run with a one-second window instead of their minutes.
+_SHORT_BENCH = ["--concurrency", "1", "--seconds", "1", "--warmup", "0", "--count", "4",
+                "--batch-sizes", "1", "--no-unbatched"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "bench"])
+def test_bench_commands(command: str, tmp_path: Path) -> None:
+    args = [a for a in shlex.split(command)[1:] if a != "--quick"]
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    args += [*_SHORT_BENCH, "--out", str(out), "--chart", str(chart)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "VISIONQ_ALLOW_DOWNLOAD": "0"})
+    run = subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    assert "raw limit:" in run.stdout and "served" in run.stdout
+    assert json.loads(out.read_text())["served"][0]["completed"] > 0
+    assert chart.read_bytes()[:4] == b"\x89PNG"

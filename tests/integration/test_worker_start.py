@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.redis_server import RedisServer
 from tests.integration.stack import ROOT
 
 pytestmark = pytest.mark.integration
@@ -53,3 +54,15 @@ def test_unknown_model_stops_the_worker(tmp_path: Path) -> None:
     done = _worker({"VISIONQ_MODELS": "no_such_net"}, tmp_path)
     assert done.returncode == 2
     assert "no_such_net" in done.stderr
+
+
+def test_wrong_redis_password_stops_the_worker(tmp_path: Path) -> None:
+    server = RedisServer(port=0, password="the-right-password-123").start()
+    try:
+        url = f"redis://:wrong-password-456@127.0.0.1:{server.port}/0"
+        done = _worker({"VISIONQ_REDIS_URL": url, "VISIONQ_ALLOW_RANDOM_WEIGHTS": "1"}, tmp_path)
+    finally:
+        server.stop()
+    assert done.returncode == 2
+    assert "refused the credentials" in done.stderr
+    assert "wrong-password-456" not in done.stderr

@@ -173,7 +173,8 @@ async def get_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
 async def batch_results(
     batch_id: str,
     state: StateDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Redis list indexes are 64-bit; a bound far past any batch keeps LRANGE valid.
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> StreamingResponse:
     """The batch's jobs in upload order as JSON lines (one GET /v1/jobs/{id} object each)."""

@@ -18,7 +18,6 @@ import redis
 
 from models.loader import LoadedModel, load_model
 from models.specs import ModelSpec
-from services.common.jobs import Status
 from services.common.settings import WorkerSettings
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, default_threads
@@ -291,5 +290,3 @@ class Runtime:
             if claim.verdict in ("expired", "worker_lost"):
                 self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()
 
-
-__all__ = ["Runtime", "Status"]

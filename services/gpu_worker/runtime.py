@@ -289,4 +289,3 @@ class Runtime:
         for claim in claims:
             if claim.verdict in ("expired", "worker_lost"):
                 self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()
-

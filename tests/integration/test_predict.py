@@ -172,3 +172,24 @@ def test_worker_metrics_on_its_own_port(stack: Stack) -> None:
     assert "visionq_jobs_completed_total{" in text
     # No GPU here: the GPU series are absent, not fake zeros.
     assert "visionq_gpu_memory_allocated_bytes{" not in text
+
+
+def test_models_route_counts_both_lanes(stack: Stack) -> None:
+    def lanes() -> dict[str, int]:
+        body = httpx.get(f"{stack.url}/v1/models").json()
+        entry = next(m for m in body["models"] if m["name"] == IDLE_MODEL)
+        assert entry["queue_depth"] == sum(entry["queue_depth_by_lane"].values())
+        by_lane: dict[str, int] = entry["queue_depth_by_lane"]
+        return by_lane
+
+    before = lanes()
+    resp = httpx.post(
+        f"{stack.url}/v1/batches",
+        files=files(("a.jpg", jpeg(31, (64, 64))), ("b.jpg", jpeg(32, (64, 64)))),
+        data={"model": IDLE_MODEL},
+    )
+    assert resp.status_code == 201, resp.text
+    after = lanes()
+    assert after["bulk"] == before["bulk"] + 2
+    assert after["interactive"] == before["interactive"]
+    assert httpx.delete(f"{stack.url}/v1/batches/{resp.json()['batch_id']}").status_code == 200

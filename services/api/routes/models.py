@@ -10,7 +10,7 @@ from models.weights import resolve_weights
 from services.api.deps import StateDep
 from services.api.records import live_workers
 from services.common.errors import ConfigError
-from services.common.jobs import queue_name
+from services.common.jobs import BULK, INTERACTIVE, queue_name
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -22,10 +22,12 @@ async def list_models(state: StateDep) -> dict[str, Any]:
     workers = await live_workers(state.redis)
     pipe = state.redis.pipeline(transaction=False)
     for name in settings.models:
-        pipe.llen(queue_name(name))
-    depths = await pipe.execute()
+        pipe.llen(queue_name(name, INTERACTIVE))
+        pipe.llen(queue_name(name, BULK))
+    lengths = await pipe.execute()
     out = []
-    for name, depth in zip(settings.models, depths, strict=True):
+    for i, name in enumerate(settings.models):
+        interactive, bulk = int(lengths[2 * i]), int(lengths[2 * i + 1])
         spec = state.registry[name]
         serving = [w for w in workers if name in w.get("models", [])]
         entry: dict[str, Any] = {
@@ -35,7 +37,8 @@ async def list_models(state: StateDep) -> dict[str, Any]:
             "input_size": spec.preprocess.input_size,
             "default": name == settings.default_model,
             "queue": queue_name(name),
-            "queue_depth": int(depth),
+            "queue_depth": interactive + bulk,
+            "queue_depth_by_lane": {INTERACTIVE: interactive, BULK: bulk},
             "live_workers": len(serving),
             "devices": sorted({str(w.get("device")) for w in serving}),
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -40,3 +42,12 @@ def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
 def jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
     """A seeded JPEG."""
     return encode(make_image(seed, size), "JPEG")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries no pixel data at all."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + body + iend

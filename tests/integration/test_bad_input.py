@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import socket
-import struct
-import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +13,7 @@ from PIL import Image
 
 from services.common.redis_server import RedisServer
 from tests.conftest import IDLE_MODEL, TEST_MODEL
-from tests.images import encode, jpeg, make_image
+from tests.images import encode, jpeg, make_image, png_declaring
 from tests.integration.helpers import error_code, files, predict, submit
 from tests.integration.stack import Stack
 
@@ -25,14 +23,6 @@ pytestmark = pytest.mark.integration
 def _job_keys(stack: Stack) -> int:
     client = redis.Redis.from_url(stack.redis_url)
     return sum(1 for _ in client.scan_iter(match="vq:job:*", count=500))
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-    return b"\x89PNG\r\n\x1a\n" + body + iend
 
 
 def _gif() -> bytes:
@@ -53,7 +43,7 @@ BAD_UPLOADS = [
     ("truncated_jpeg", _half(jpeg(5)), 400, "invalid_image"),
     ("truncated_png", _half(encode(make_image(5), "PNG")), 400, "invalid_image"),
     ("truncated_webp", _half(encode(make_image(5), "WEBP")), 400, "invalid_image"),
-    ("pixel_bomb_png", _png_header_only(30000, 30000), 413, "payload_too_large"),
+    ("pixel_bomb_png", png_declaring(30000, 30000), 413, "payload_too_large"),
 ]
 
 

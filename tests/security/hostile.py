@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tests.conftest import TEST_MODEL
-from tests.images import jpeg
+from tests.images import jpeg, png_declaring
 
 BOUNDARY = "vq-hostile-boundary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -32,15 +32,6 @@ def part(name: str, data: bytes, filename: str | None = None, ctype: str = "imag
 def form(*parts: bytes, model: str = TEST_MODEL) -> bytes:
     """A whole multipart body: the parts, the model field and the closing boundary."""
     return b"".join(parts) + part("model", model.encode()) + f"--{BOUNDARY}--\r\n".encode()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries no pixel data at all."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-    return b"\x89PNG\r\n\x1a\n" + body + iend
 
 
 def gif_bomb() -> bytes:
@@ -99,7 +90,7 @@ def hostile_requests() -> list[Hostile]:
         one("zero_bytes", b"", "empty.jpg", 400, bad),
         one("truncated_jpeg", real[: len(real) // 2], "t.jpg", 400, bad),
         one("not_an_image_as_jpeg", b"%PDF-1.7\n" + b"\x00" * 200, "doc.jpg", 415, unsupported),
-        one("png_30000x30000", png_header(30000, 30000), "big.png", 413, too_big),
+        one("png_30000x30000", png_declaring(30000, 30000), "big.png", 413, too_big),
         one("gif_bomb", gif_bomb(), "b.gif", 415, unsupported),
         one("tiff_bomb", tiff_bomb(), "b.tif", 415, unsupported),
         Hostile("1000_file_parts", many_files, 413, too_big),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from io import BytesIO
 
 import numpy as np
@@ -23,6 +21,7 @@ from models.preprocess import (
     sniff_format,
 )
 from services.common.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from tests.images import png_declaring
 
 LIMIT = 40_000_000
 
@@ -123,18 +122,8 @@ def test_truncated_images(fmt: str) -> None:
         decode_image(half, max_pixels=LIMIT)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_huge_declared_png_is_too_large() -> None:
-    data = _png_header_only(30000, 30000)
+    data = png_declaring(30000, 30000)
     with pytest.raises(PayloadTooLarge, match=rf"900000000 pixels; the limit is {LIMIT}"):
         check_image(data, max_pixels=LIMIT)
     with pytest.raises(PayloadTooLarge):
@@ -142,7 +131,7 @@ def test_huge_declared_png_is_too_large() -> None:
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
-    data = _png_header_only(10000, 5000)
+    data = png_declaring(10000, 5000)
     with pytest.raises(PayloadTooLarge, match=r"10000x5000 = 50000000 pixels; the limit is"):
         decode_image(data, max_pixels=LIMIT)
     small = _encode(_image(100, 100), "PNG")

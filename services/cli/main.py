@@ -232,19 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("models", cmd_models, "registered models and where their weights come from")
     p = add("bench", cmd_bench, "raw limit vs served vs unbatched: table, JSON, chart")
-    from services.bench.run import add_arguments
+    from services.bench.options import add_arguments
 
     add_arguments(p)
     return parser
 
 
 def _log_level() -> str:
-    from services.common.settings import get_api_settings
-
+    try:
+        from services.common.settings import get_api_settings
+    except ImportError:
+        return "INFO"  # a client-only install (no pydantic-settings): predict needs none
     try:
         return get_api_settings().log_level
     except ConfigError:
         return "INFO"  # the command that needs the settings reports what is wrong
+
+
+# The extra that brings each command's packages (see pyproject.toml); the rest need both.
+_EXTRA_FOR = {"api": "api", "worker": "worker", "workers": "worker", "compose": "api",
+              "models": "api", "bench": "bench"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"visionq {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] in ("services", "models"):
+            raise
+        # A client-only install (`pip install visionq`) lacks the server roles' packages.
+        extra = _EXTRA_FOR.get(args.command, "api,worker")
+        print(
+            f"visionq {args.command}: needs {exc.name!r}, which this install lacks; "
+            f"pip install 'visionq[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -100,4 +100,7 @@ def test_dockerfiles_bases_and_users() -> None:
     assert re.search(r"^FROM python:3\.11-slim", api, re.M)
     for text in (worker, api):
         assert _final_user(text) not in ("root", "0")
-    assert "'.[gpu]'" in worker  # nvidia-ml-py, for the GPU utilisation gauge
+    # torch from the worker extra, nvidia-ml-py (GPU utilisation gauge) from gpu; the API
+    # image installs only its role, so it carries no torch.
+    assert "'.[worker,gpu]'" in worker
+    assert "'.[api]'" in api and "torch" not in api

@@ -1,0 +1,36 @@
+"""The options of ``visionq bench``, apart from the harness so ``visionq --help`` stays light.
+
+Building the parser imports this module on every command; the harness itself (numpy, PIL,
+Redis, torch) is imported only when ``visionq bench`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments"]
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma list of positive integers, e.g. 1,4,16")
+    return values
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``visionq bench``."""
+    p.add_argument("--model", default="mobilenet_v3_small")
+    p.add_argument("--images", type=Path, default=None, help="a folder (default: generated)")
+    p.add_argument("--count", type=int, default=64, help="how many images to use")
+    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32])
+    p.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up per point")
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 8, 16, 32])
+    p.add_argument("--max-batch-size", type=int, default=16, help="the served stack's batch")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    p.add_argument("--chart", type=Path, default=Path("bench-results.png"))
+    p.add_argument("--no-unbatched", action="store_true", help="skip the unbatched stack")
+    p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")

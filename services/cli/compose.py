@@ -17,6 +17,8 @@ from services.common.errors import ConfigError
 
 METRICS_BASE_PORT = 9100
 API_PORT = 8000
+# VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S of the API service: how long a waiting request may finish.
+API_GRACEFUL_SHUTDOWN_S = 30
 WORKER_TARGETS = Path("deploy/prometheus/targets/workers.yml")
 
 _HEADER = (
@@ -127,11 +129,18 @@ def compose_services(gpus: int) -> dict[str, Any]:
             "environment": {
                 **_SHARED_ENV,
                 "VISIONQ_API_KEYS": "${VISIONQ_API_KEYS:-}",
+                # A reverse proxy in front: list it so the rate limit sees the real client.
+                "VISIONQ_FORWARDED_ALLOW_IPS": "${VISIONQ_FORWARDED_ALLOW_IPS:-127.0.0.1,::1}",
+                "VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S": str(API_GRACEFUL_SHUTDOWN_S),
                 "PROMETHEUS_MULTIPROC_DIR": "/tmp/visionq-metrics",
             },
             "ports": [f"${{VISIONQ_API_PORT:-{API_PORT}}}:{API_PORT}"],
             "depends_on": {"redis": {"condition": "service_healthy"}},
             "restart": "unless-stopped",
+            # docker stop sends SIGTERM, then SIGKILL after this: room for the graceful part.
+            "stop_grace_period": f"{API_GRACEFUL_SHUTDOWN_S + 10}s",
+            # Ready = Redis answers and takes writes; workers are not required (they may be
+            # starting or down, and the API must still queue jobs and answer polls).
             "healthcheck": _healthcheck(_python_get(f"http://127.0.0.1:{API_PORT}/readyz"), "60s"),
         },
     }

@@ -68,6 +68,12 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        # SIGTERM: stop accepting, let waiting requests finish for this long, then exit.
+        timeout_graceful_shutdown=settings.graceful_shutdown_timeout_s,
+        # Behind a proxy the client address (the rate limit's bucket) and scheme come from
+        # X-Forwarded-For / -Proto, but only when the peer is one of these.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     return 0
 

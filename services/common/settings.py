@@ -7,6 +7,7 @@ Nothing else in the code base reads ``os.environ`` for visionq settings; process
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -110,11 +111,22 @@ class ApiSettings(CommonSettings):
     predict_timeout_s: float = Field(30.0, gt=0, description="default wait of /v1/predict")
     max_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(2, ge=1)
+    # uvicorn's timeout_graceful_shutdown: on SIGTERM the server stops accepting at once, then
+    # lets requests in progress (a /v1/predict waiting for its result) finish for this long.
+    graceful_shutdown_timeout_s: int = Field(
+        30, ge=0, le=3600, description="how long requests in progress may run after SIGTERM"
+    )
+    # uvicorn's forwarded_allow_ips: peers whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed (the rate limit and logs then see the real client). "*" trusts everyone.
+    forwarded_allow_ips: CommaList = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="proxy addresses or networks (CIDR) trusted for X-Forwarded-For",
+    )
 
     # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
     _key_digests: tuple[bytes, ...] = PrivateAttr(default=())
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _keys_list(cls, value: object) -> object:
         return _split_commas(value)
@@ -143,6 +155,20 @@ class ApiSettings(CommonSettings):
                     f"{origin!r} is not an explicit origin such as https://app.example.com "
                     "(no wildcard, no path)"
                 )
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies_parse(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network, e.g. 10.0.0.0/8 or *"
+                ) from None
         return value
 
     @field_validator("metrics_bind")

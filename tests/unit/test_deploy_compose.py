@@ -53,6 +53,13 @@ def test_has_every_service_and_each_a_healthcheck() -> None:
     assert any("/readyz" in part for part in SERVICES["api"]["healthcheck"]["test"])
 
 
+def test_api_stop_grace_covers_its_graceful_shutdown() -> None:
+    api = SERVICES["api"]
+    graceful = int(api["environment"]["VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S"])
+    # docker stop sends SIGKILL after stop_grace_period (10 s when unset).
+    assert int(api["stop_grace_period"].removesuffix("s")) >= graceful + 5
+
+
 def test_each_worker_reserves_exactly_its_own_gpu() -> None:
     seen = []
     for name in WORKERS:

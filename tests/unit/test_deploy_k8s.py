@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from services.common.jobs import LANES, queue_name
+from services.common.settings import ApiSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -49,6 +50,21 @@ def test_api_redis_and_services() -> None:
     assert {"api", "redis"} <= set(_of("Service"))
     (api,) = _of("Deployment")["api"]["spec"]["template"]["spec"]["containers"]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_api_shutdown_fits_in_the_grace_period() -> None:
+    pod = _of("Deployment")["api"]["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    command = api["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    graceful = int(_env(api)["VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S"]["value"])
+    # The kubelet SIGKILLs after the grace period, counted from the start of preStop.
+    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + graceful + 5
+    # Every VISIONQ_ variable the API gets names a setting the API reads.
+    for var in _env(api):
+        if var.startswith("VISIONQ_"):
+            assert var.removeprefix("VISIONQ_").lower() in ApiSettings.model_fields, var
     redis = _of("StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
     assert "--appendonly yes" in " ".join(redis["command"])
 

@@ -94,3 +94,16 @@ def test_models_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path.write_text("")
     monkeypatch.setenv("VISIONQ_MODELS_FILE", str(path))
     assert get_worker_settings().models_file == path
+
+
+def test_forwarded_allow_ips_take_addresses_networks_or_star(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ApiSettings().forwarded_allow_ips == ["127.0.0.1", "::1"]  # uvicorn's own default
+    monkeypatch.setenv("VISIONQ_FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.7,fd00::/8")
+    assert ApiSettings().forwarded_allow_ips == ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
+    monkeypatch.setenv("VISIONQ_FORWARDED_ALLOW_IPS", "*")
+    assert ApiSettings().forwarded_allow_ips == ["*"]
+    monkeypatch.setenv("VISIONQ_FORWARDED_ALLOW_IPS", "ingress.local")
+    with pytest.raises(ConfigError, match="VISIONQ_FORWARDED_ALLOW_IPS"):
+        get_api_settings()

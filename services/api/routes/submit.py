@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -45,7 +46,15 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
     try:
         await submit(state, form, job_ids)
         timeout = form.timeout or state.settings.predict_timeout_s
-        finished = await state.waiter.wait(events, timeout)
+        try:
+            finished = await state.waiter.wait(events, timeout)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S ends.
+            # The jobs stay queued and will run: answer 504 with their ids, not a bare 500.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise Timeout("the API is shutting down; poll the jobs", job_ids=job_ids) from None
     finally:
         state.waiter.unregister(events)
     records = await fetch_records(state.redis, job_ids)

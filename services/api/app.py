@@ -60,6 +60,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Image inference on GPU queues: upload images, get top-k labels.",
         lifespan=lifespan,
+        # Operation ids are the handlers' names (predict, get_job, ...): generated clients
+        # then read as the routes do, not as predict_v1_predict_post.
+        generate_unique_id_function=lambda route: route.name,
     )
     install_error_handlers(app)
     auth = [Depends(require_access)]

@@ -7,6 +7,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.ratelimit import RateLimiter, client_id
 from services.api.state import ApiState
@@ -22,12 +23,29 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def presented_key(request: Request) -> str:
+# Declared as security schemes so /docs offers "Authorize" and clients know what to send;
+# auto_error is off because keys are optional (VISIONQ_API_KEYS) and a missing or wrong key
+# must be our 401 body, not FastAPI's 403.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="Authorization: Bearer <key>, when VISIONQ_API_KEYS or _FILE is set",
+)
+_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="apiKey",
+    description="X-API-Key: <key>, the same keys as bearer",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+HeaderDep = Annotated[str | None, Depends(_HEADER)]
+
+
+def presented_key(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str:
     """The key the client sent: ``Authorization: Bearer <key>``, else ``X-API-Key``."""
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
+    if bearer is not None:
+        return bearer.credentials.strip()
+    return (header or "").strip()
 
 
 def key_matches(given: str, digests: tuple[bytes, ...]) -> bool:
@@ -40,12 +58,12 @@ def key_matches(given: str, digests: tuple[bytes, ...]) -> bool:
     return ok
 
 
-def require_api_key(request: Request, state: StateDep) -> bytes | None:
+def require_api_key(state: StateDep, bearer: BearerDep, header: HeaderDep) -> bytes | None:
     """401 unless a configured key is given; the key's digest, or None when keys are off."""
     digests = state.settings.key_digests
     if not digests:
         return None
-    given = presented_key(request)
+    given = presented_key(bearer, header)
     if not key_matches(given, digests):
         exc = Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
         exc.headers = {"WWW-Authenticate": 'Bearer realm="visionq"'}

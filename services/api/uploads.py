@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import Request
-from starlette.datastructures import FormData, UploadFile
+from fastapi import Request, UploadFile
+from pydantic import BaseModel, Field
+from starlette.datastructures import FormData
+from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 
 from models.preprocess import check_image
@@ -42,16 +44,52 @@ class SubmitForm:
     files: list[Upload]
 
 
+class UploadFields(BaseModel):
+    """The multipart form of POST /v1/jobs and /v1/batches: the schema's one source.
+
+    read_form parses the body itself (to cap files and bytes before anything is spooled),
+    so FastAPI cannot infer the form; the OpenAPI request body is generated from this model.
+    """
+
+    file: list[UploadFile] = Field(
+        description="one or more images, JPEG, PNG or WebP (recognised by content, not name)"
+    )
+    model: str | None = Field(None, description="a served model; default: the default model")
+    top_k: int = Field(5, ge=1, le=1000, description="classifiers: how many classes to return")
+
+
+class PredictFields(UploadFields):
+    """The form of POST /v1/predict: the upload form and how long to wait."""
+
+    timeout: float | None = Field(
+        None, gt=0, description="seconds to wait (at most VISIONQ_MAX_TIMEOUT_S), then 504"
+    )
+
+
+def _form_schema(node: Any) -> Any:
+    """A pydantic JSON schema as a multipart form schema: no titles, no nulls, binary files."""
+    if isinstance(node, list):
+        return [_form_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    options = node.get("anyOf")
+    if options and {"type": "null"} in options and len(options) == 2:
+        # A form field is absent or a string: "null" cannot be sent.
+        (kept,) = [o for o in options if o != {"type": "null"}]
+        node = {**{k: v for k, v in node.items() if k != "anyOf"}, **kept}
+        if node.get("default", 0) is None:
+            del node["default"]
+    out = {k: _form_schema(v) for k, v in node.items() if k != "title"}
+    if out.get("contentMediaType") == "application/octet-stream":
+        out["format"] = "binary"  # OpenAPI 3.0's spelling, which more tools read
+    return out
+
+
 def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` of the upload form (parsed by hand, so FastAPI can't infer it)."""
-    properties: dict[str, Any] = {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "model": {"type": "string"},
-        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
-    }
-    if with_timeout:
-        properties["timeout"] = {"type": "number", "exclusiveMinimum": 0}
-    schema = {"type": "object", "required": ["file"], "properties": properties}
+    """OpenAPI ``requestBody`` of the upload form, generated from its model."""
+    fields = PredictFields if with_timeout else UploadFields
+    schema = _form_schema(fields.model_json_schema())
+    schema.pop("description", None)  # the class docstring speaks to developers, not users
     return {
         "requestBody": {
             "required": True,
@@ -97,7 +135,7 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
         raise RequestInvalid("no 'file' part: upload at least one image")
     uploads: list[Upload] = []
     for index, part in enumerate(parts):
-        if not isinstance(part, UploadFile):
+        if not isinstance(part, StarletteUpload):
             raise RequestInvalid("'file' must be a file part, not a text field")
         name = safe_filename(part.filename, index)
         data = await part.read()

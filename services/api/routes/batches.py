@@ -22,6 +22,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.api.deps import StateDep
 from services.api.records import fetch_records, fetch_statuses
+from services.api.schemas import (
+    UPLOAD_ERRORS,
+    V1_ERRORS,
+    BatchCancelled,
+    BatchCreated,
+    BatchFilesAdded,
+    BatchStatus,
+    error_responses,
+)
 from services.api.state import ApiState
 from services.api.submit import check_model, new_job_ids, submit
 from services.api.uploads import SubmitForm, multipart_form_doc, read_form
@@ -46,6 +55,12 @@ def batch_key(batch_id: str) -> str:
 def members_key(batch_id: str) -> str:
     """Redis key of a batch's job ids, in upload order."""
     return f"vq:batch:{batch_id}:jobs"
+
+
+class NdjsonResponse(StreamingResponse):
+    """A stream of JSON lines."""
+
+    media_type = "application/x-ndjson"
 
 
 class BatchNotFound(JobNotFound):
@@ -130,7 +145,13 @@ async def _cancel(state: ApiState, job_ids: list[str]) -> int:
     return sum(1 for outcome in await pipe.execute() if int(outcome) == 1)
 
 
-@router.post("", status_code=201, openapi_extra=_FORM_DOC)
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_FORM_DOC,
+    response_model=BatchCreated,
+    responses=error_responses(*UPLOAD_ERRORS),
+)
 async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
     form = await read_form(request, state.settings)
@@ -150,7 +171,12 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=201)
 
 
-@router.post("/{batch_id}/files", openapi_extra=_FORM_DOC)
+@router.post(
+    "/{batch_id}/files",
+    openapi_extra=_FORM_DOC,
+    response_model=BatchFilesAdded,
+    responses=error_responses(*UPLOAD_ERRORS, 409),
+)
 async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
     """Add files to a batch; they use the model and top_k the batch was created with."""
     meta = await _meta(state, batch_id)
@@ -162,14 +188,24 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
     return {"batch_id": batch_id, "added": len(form.files), "total": total}
 
 
-@router.get("/{batch_id}")
+@router.get("/{batch_id}", response_model=BatchStatus, responses=error_responses(*V1_ERRORS, 404))
 async def get_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
     """Progress: total, succeeded, failed, cancelled, pending."""
     meta = await _meta(state, batch_id)
     return await _summary(state, batch_id, meta)
 
 
-@router.get("/{batch_id}/results")
+@router.get(
+    "/{batch_id}/results",
+    response_class=NdjsonResponse,
+    responses={
+        200: {
+            "description": "JSON lines, one GET /v1/jobs/{job_id} object per file",
+            "content": {NdjsonResponse.media_type: {"schema": {"type": "string"}}},
+        },
+        **error_responses(*V1_ERRORS, 404, json_route=False),
+    },
+)
 async def batch_results(
     batch_id: str,
     state: StateDep,
@@ -192,10 +228,12 @@ async def batch_results(
                 if left <= 0:
                     return
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return NdjsonResponse(lines())
 
 
-@router.delete("/{batch_id}")
+@router.delete(
+    "/{batch_id}", response_model=BatchCancelled, responses=error_responses(*V1_ERRORS, 404)
+)
 async def cancel_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
     """Cancel every job of the batch that has not started; running and ended ones stay."""
     meta = await _meta(state, batch_id)

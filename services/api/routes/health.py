@@ -6,24 +6,25 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from services.api.deps import StateDep
 from services.api.metrics_server import scrape
 from services.api.records import live_workers
+from services.api.schemas import Health, NotReady, Ready, error_responses
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """200 while the process lives."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}})
 async def readyz(state: StateDep) -> JSONResponse:
     """200 when Redis answers and a live worker serves the default model; else 503 why."""
     model = state.settings.default_model
@@ -43,7 +44,14 @@ def _not_ready(reason: str) -> JSONResponse:
     return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(404, json_route=False),
+    },
+)
 async def metrics(state: StateDep) -> Response:
     """Prometheus text format; 404 here when VISIONQ_METRICS_BIND serves it elsewhere."""
     if state.settings.metrics_bind:

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from services.api.deps import StateDep
 from services.api.records import fetch_records
+from services.api.schemas import V1_ERRORS, JobCancelled, JobStatus, error_responses
 from services.common.errors import JobConflict, JobNotFound
 from services.common.jobs import CANCEL_LUA, DONE_CHANNEL, image_key, job_key
 
@@ -22,7 +23,12 @@ def _check_id(job_id: str) -> None:
         raise JobNotFound(f"no job {job_id[:64]!r}")
 
 
-@router.get("/{job_id}")
+@router.get(
+    "/{job_id}",
+    response_model=JobStatus,
+    response_model_exclude_none=True,
+    responses=error_responses(*V1_ERRORS, 404),
+)
 async def get_job(job_id: str, state: StateDep) -> dict[str, Any]:
     """A job's status, result or error, and timings."""
     _check_id(job_id)
@@ -32,7 +38,9 @@ async def get_job(job_id: str, state: StateDep) -> dict[str, Any]:
     return record.to_api()
 
 
-@router.delete("/{job_id}")
+@router.delete(
+    "/{job_id}", response_model=JobCancelled, responses=error_responses(*V1_ERRORS, 404, 409)
+)
 async def cancel_job(job_id: str, state: StateDep) -> dict[str, Any]:
     """Cancel a job that has not started."""
     _check_id(job_id)

@@ -9,13 +9,19 @@ from fastapi import APIRouter
 from models.weights import resolve_weights
 from services.api.deps import StateDep
 from services.api.records import live_workers
+from services.api.schemas import V1_ERRORS, ModelList, error_responses
 from services.common.errors import ConfigError
 from services.common.jobs import BULK, INTERACTIVE, queue_name
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models")
+@router.get(
+    "/models",
+    response_model=ModelList,
+    response_model_exclude_none=True,
+    responses=error_responses(*V1_ERRORS),
+)
 async def list_models(state: StateDep) -> dict[str, Any]:
     """Every served model with queue depth and live workers."""
     settings = state.settings

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import StateDep
 from services.api.records import fetch_records
+from services.api.schemas import UPLOAD_ERRORS, JobsAccepted, PredictResponse, error_responses
 from services.api.submit import check_model, new_job_ids, submit
 from services.api.uploads import multipart_form_doc, read_form
 from services.common.errors import InvalidImage, Timeout
@@ -36,7 +37,12 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
     return out
 
 
-@router.post("/predict", openapi_extra=_FORM_DOC)
+@router.post(
+    "/predict",
+    openapi_extra=_FORM_DOC,
+    response_model=PredictResponse,
+    responses=error_responses(*UPLOAD_ERRORS, 504),
+)
 async def predict(request: Request, state: StateDep) -> JSONResponse:
     """Upload images and wait for their top-k (504 with the job ids when not in time)."""
     form = await read_form(request, state.settings)
@@ -73,7 +79,13 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
 _ENDED = {s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)}
 
 
-@router.post("/jobs", status_code=202, openapi_extra=_FORM_DOC)
+@router.post(
+    "/jobs",
+    status_code=202,
+    openapi_extra=_FORM_DOC,
+    response_model=JobsAccepted,
+    responses=error_responses(*UPLOAD_ERRORS),
+)
 async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
     """Upload images and get job ids to poll."""
     form = await read_form(request, state.settings)

@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from services.common.redis_server import free_port
+from tests.conftest import TEST_MODEL
+from tests.images import jpeg
 from tests.integration.conftest import stack_env
 from tests.integration.stack import Stack
 from tests.security.conftest import SecureRedis
@@ -65,3 +67,21 @@ def test_untrusted_peer_cannot_choose_its_bucket(open_limited_api: Stack) -> Non
     assert _statuses(open_limited_api.url, "127.0.0.2", spoofed) == [200] * LIMIT + [429]
     # The proxy's clients do not share that bucket.
     assert _statuses(open_limited_api.url, "127.0.0.1", ["192.0.2.200"]) == [200]
+
+
+def test_status_urls_follow_the_proxys_scheme_only_from_an_allowed_peer(
+    open_limited_api: Stack,
+) -> None:
+    headers = {"X-Forwarded-For": "203.0.113.50", "X-Forwarded-Proto": "https"}
+    files = {"file": ("cat.jpg", jpeg(9, (32, 32)), "image/jpeg")}
+    urls = {}
+    # 127.0.0.3: another peer that is not listed, with a bucket no other test used.
+    for source in ("127.0.0.1", "127.0.0.3"):
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(base_url=open_limited_api.url, transport=transport) as client:
+            r = client.post("/v1/jobs", files=files, data={"model": TEST_MODEL}, headers=headers)
+        assert r.status_code == 202, r.text
+        urls[source] = r.json()["jobs"][0]["status_url"]
+    # The TLS-terminating proxy's clients get https links; a stranger's header changes nothing.
+    assert urls["127.0.0.1"].startswith("https://")
+    assert urls["127.0.0.3"].startswith("http://")

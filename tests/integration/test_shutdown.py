@@ -2,9 +2,10 @@
 
 The API is started alone (no worker yet) with the default settings, so the request waits.
 SIGTERM then stops the API taking new connections at once while the waiting request is
-kept; a worker started afterwards runs the job, the request gets its
-200, and only then does the API exit. A second test proves the bound: with no worker at
-all, the API exits once ``VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S`` has passed.
+kept; a worker started afterwards runs the job, the request gets its 200, and only then
+does the API exit (with one uvicorn process and with two, as the Kubernetes pod runs). A
+second test proves the bound: with no worker at all, the API exits once
+``VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S`` has passed, answering 504 with the job's id.
 """
 
 from __future__ import annotations

@@ -256,8 +256,8 @@ def _log_level() -> str:
 
 
 # The extra that brings each command's packages (see pyproject.toml); the rest need both.
-_EXTRA_FOR = {"up": "local", "api": "api", "worker": "worker", "workers": "worker", "compose": "api",
-              "models": "api", "bench": "bench"}  # fmt: skip
+_EXTRA_FOR = {"up": "local", "api": "api", "worker": "worker", "workers": "worker",
+              "compose": "api", "models": "api", "bench": "bench"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

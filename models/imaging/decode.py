@@ -103,7 +103,7 @@ def _orientation(image: Image.Image, png_exif: bytes | None) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
+def _profile(image: Image.Image, quiet: bool = False) -> ImageCms.ImageCmsProfile | None:
     """The embedded ICC profile when colours must be converted; None for none or sRGB."""
     icc = image.info.get("icc_profile")
     if not icc:
@@ -113,7 +113,11 @@ def _profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
         if "srgb" in ImageCms.getProfileDescription(profile).lower().replace(" ", ""):
             return None
     except Exception as exc:  # a broken profile: plain conversion, as browsers do
-        logger.warning("ignoring an unreadable ICC profile (%s); converting without it", exc)
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "ignoring an unreadable ICC profile (%s); converting without it",
+            exc,
+        )
         return None
     return profile
 
@@ -160,7 +164,7 @@ def _open(
             mode=image.mode,
             orientation=_orientation(image, png_exif),
             length=length,
-            icc=_profile(image) is not None,
+            icc=_profile(image, quiet=True) is not None,
         )
     except BaseException:
         image.close()

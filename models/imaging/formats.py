@@ -100,14 +100,15 @@ def _jpeg_end(data: bytes) -> int:
         if marker in (0x01, 0xD8):  # TEM, a stray SOI: no length
             pos += 2
             continue
-        if pos + 4 > n:
-            raise _truncated("JPEG", "a segment header is cut")
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if length < 2:
-            raise InvalidImage(f"JPEG segment 0x{marker:02X} has a bad length {length}")
+        if pos + 4 > n or length < 2 or pos + 2 + length > n:
+            # Cut short, or corrupt data that looks like a marker: with an end marker further
+            # on it is corruption, which the decoder judges (that job's own failure).
+            eoi = data.find(b"\xff\xd9", pos)
+            if eoi < 0:
+                raise _truncated("JPEG", f"segment 0x{marker:02X} runs past the end")
+            return eoi + 2
         pos += 2 + length
-        if pos > n:
-            raise _truncated("JPEG", f"segment 0x{marker:02X} runs past the end")
         # After SOS comes entropy-coded data; the marker search above skips through it.
 
 

@@ -244,6 +244,9 @@ class WorkerSettings(CommonSettings):
         False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
     )
     gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
+    fast_decode: bool = Field(
+        False, description="decode big JPEGs at reduced scale (libjpeg DCT scaling); inexact"
+    )
     alpha_background: str = Field(
         "#ffffff", description="colour transparent images are flattened onto (#rrggbb)"
     )

@@ -65,13 +65,19 @@ def make_decoder(
     *,
     background: Color = WHITE,
     formats: Iterable[str] | None = None,
+    fast_decode: bool = False,
 ) -> DecodeFn:
     """The per-image decode (as a viewer shows it) + resize + crop to uint8 for one model."""
     accepted = tuple(formats) if formats is not None else None
 
     def decode(data: bytes) -> np.ndarray:
         return decode_and_preprocess(
-            data, pre, max_pixels=max_pixels, background=background, formats=accepted
+            data,
+            pre,
+            max_pixels=max_pixels,
+            background=background,
+            formats=accepted,
+            fast_decode=fast_decode,
         )
 
     return decode

@@ -57,6 +57,7 @@ def build_served(loaded: LoadedModel, settings: WorkerSettings, device: torch.de
         settings.max_image_pixels,
         background=settings.background_rgb,
         formats=settings.accepted_formats,
+        fast_decode=settings.fast_decode,
     )
     if settings.fault_injection:
         from services.gpu_worker.faults import faulty_decoder, faulty_forward

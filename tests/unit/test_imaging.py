@@ -153,3 +153,14 @@ def test_thin_images_cost_what_the_crop_costs() -> None:
         assert array.shape == (3, 224, 224)
     # The old path made a 256 x 7.7 M intermediate (5.9 GB); the crop is 150 KB.
     assert process.memory_info().rss - before < 50 * 1024 * 1024
+
+
+def test_fast_decode_keeps_twice_the_resize_size() -> None:
+    photo = make_image(6, (512, 384)).resize((2048, 1536))
+    data = save(photo, "JPEG", quality=90, exif=exif_bytes(6))
+    assert decode_image(data, max_pixels=LIMIT).size == (1536, 2048)
+    small = decode_image(data, max_pixels=LIMIT, draft_size=(512, 512))
+    assert small.size == (768, 1024)  # 1/2 scale: 1/4 would go below 512, upright
+    fast = decode_and_preprocess(data, PRE, max_pixels=LIMIT, fast_decode=True)
+    full = decode_and_preprocess(data, PRE, max_pixels=LIMIT)
+    assert np.abs(fast.astype(int) - full).mean() < 2  # close, not equal: hence opt-in

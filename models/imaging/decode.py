@@ -205,9 +205,10 @@ def to_viewer_rgb(image: Image.Image, background: Color = WHITE) -> Image.Image:
     """A loaded frame as the RGB a viewer shows (colour and alpha; not the orientation)."""
     profile = _profile(image)
     alpha: Image.Image | None = None
-    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "RGBa"):
+    transparent = "transparency" in image.info  # a transparent palette entry or colour (tRNS)
+    if (image.mode in ("P", "RGB") and transparent) or image.mode in ("PA", "RGBa"):
         image = image.convert("RGBA")
-    elif image.mode == "La":
+    elif image.mode == "La" or (image.mode == "L" and transparent):
         image = image.convert("LA")
     if image.mode in _ALPHA:
         alpha = image.getchannel("A")

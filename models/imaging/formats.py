@@ -32,8 +32,13 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A marker after entropy-coded data: 0xFF followed by anything but stuffing (00), a restart
 # marker (D0-D7) or another fill byte (FF).
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-# A hostile PNG of millions of empty chunks would keep the API walking; real ones have few.
+# Hostile files of millions of empty segments, chunks, blocks or boxes would keep the API
+# walking for seconds; real images have a few dozen (a GIF's first frame: one block per
+# 255 bytes, so the cap covers any upload under 100 MB).
+_MAX_JPEG_SEGMENTS = 10_000
 _MAX_PNG_CHUNKS = 200_000
+_MAX_GIF_BLOCKS = 400_000
+_MAX_BOXES = 10_000
 _BOX_TYPE = re.compile(rb"[\x20-\x7e]{4}")
 
 
@@ -89,7 +94,7 @@ def _truncated(fmt: str, where: str) -> InvalidImage:
 def _jpeg_end(data: bytes) -> int:
     n = len(data)
     pos = 2
-    while True:
+    for _ in range(_MAX_JPEG_SEGMENTS):
         found = _JPEG_MARKER.search(data, pos)
         if found is None:
             raise _truncated("JPEG", "no end-of-image marker")
@@ -110,6 +115,7 @@ def _jpeg_end(data: bytes) -> int:
             return eoi + 2
         pos += 2 + length
         # After SOS comes entropy-coded data; the marker search above skips through it.
+    raise InvalidImage(f"JPEG has more than {_MAX_JPEG_SEGMENTS} segments")
 
 
 def _png_end(data: bytes) -> tuple[int, bytes | None]:
@@ -142,9 +148,12 @@ def _webp_end(data: bytes) -> int:
     return min(end, len(data))
 
 
-def _gif_sub_blocks(data: bytes, pos: int) -> int:
+def _gif_sub_blocks(data: bytes, pos: int, budget: list[int]) -> int:
     n = len(data)
     while True:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidImage(f"GIF has more than {_MAX_GIF_BLOCKS} blocks before its image")
         if pos >= n:
             raise _truncated("GIF", "a data block is cut")
         size = data[pos]
@@ -160,18 +169,19 @@ def _gif_end(data: bytes) -> int:
         raise _truncated("GIF", "the screen descriptor is cut")
     flags = data[10]
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    budget = [_MAX_GIF_BLOCKS]
     while True:
         if pos >= n:
             raise _truncated("GIF", "no image data")
         block = data[pos]
         if block == 0x21:  # extension: label, then sub-blocks
-            pos = _gif_sub_blocks(data, pos + 2)
+            pos = _gif_sub_blocks(data, pos + 2, budget)
         elif block == 0x2C:  # image descriptor, local colour table, LZW code size, data
             if pos + 10 > n:
                 raise _truncated("GIF", "an image descriptor is cut")
             local = data[pos + 9]
             pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
-            return _gif_sub_blocks(data, pos + 1)
+            return _gif_sub_blocks(data, pos + 1, budget)
         elif block == 0x3B:
             raise InvalidImage("the GIF holds no image")
         else:
@@ -208,7 +218,9 @@ def _isobmff_end(fmt: str, data: bytes) -> int:
     """Walk the top-level boxes; trailing bytes that are no box are ignored."""
     n = len(data)
     pos = 0
-    while pos + 8 <= n:
+    for _ in range(_MAX_BOXES):
+        if pos + 8 > n:
+            break
         size = int.from_bytes(data[pos : pos + 4], "big")
         if _BOX_TYPE.fullmatch(data[pos + 4 : pos + 8]) is None:
             break
@@ -224,6 +236,8 @@ def _isobmff_end(fmt: str, data: bytes) -> int:
         if pos + size > n:
             raise _truncated(fmt, f"box {data[pos + 4 : pos + 8].decode()} runs past the end")
         pos += size
+    else:
+        raise InvalidImage(f"{fmt} has more than {_MAX_BOXES} top-level boxes")
     if pos == 0:
         raise _truncated(fmt, "no complete box")
     return pos

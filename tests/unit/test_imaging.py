@@ -164,3 +164,19 @@ def test_fast_decode_keeps_twice_the_resize_size() -> None:
     fast = decode_and_preprocess(data, PRE, max_pixels=LIMIT, fast_decode=True)
     full = decode_and_preprocess(data, PRE, max_pixels=LIMIT)
     assert np.abs(fast.astype(int) - full).mean() < 2  # close, not equal: hence opt-in
+
+
+def test_structure_walks_are_capped() -> None:
+    # Millions of tiny segments or boxes would keep the API walking; they are refused.
+    jpeg = b"\xff\xd8" + b"\xff\xe1\x00\x02" * 20_000 + b"\xff\xd9"
+    avif = b"\x00\x00\x00\x10ftypavif\x00\x00\x00\x00" + b"\x00\x00\x00\x08free" * 20_000
+    for data, fmt in ((jpeg, "JPEG"), (avif, "AVIF")):
+        with pytest.raises(VisionqError, match=f"{fmt} has more than") as caught:
+            check_image(data, max_pixels=LIMIT)
+        assert caught.value.code == "invalid_image"
+
+
+def test_transparent_colour_in_a_grey_png_is_flattened() -> None:
+    grey = Image.fromarray(np.array([[0, 100]], dtype=np.uint8), "L")
+    image = decode_image(save(grey, "PNG", transparency=0), max_pixels=LIMIT)
+    assert np.asarray(image)[0].tolist() == [[255, 255, 255], [100, 100, 100]]

@@ -22,7 +22,14 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from models.imaging.decode import WHITE, Color, ImageInfo, check_image, decode_image
+from models.imaging.decode import (
+    WHITE,
+    Color,
+    ImageInfo,
+    check_image,
+    decode_image,
+    to_viewer_rgb,
+)
 from models.imaging.formats import KNOWN_FORMATS, available_formats, sniff_format
 from models.specs import Preprocess
 
@@ -42,6 +49,7 @@ __all__ = [
     "normalize_batch_numpy",
     "preprocess",
     "sniff_format",
+    "to_viewer_rgb",
 ]
 
 logger = logging.getLogger(__name__)

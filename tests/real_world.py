@@ -223,6 +223,10 @@ def corpus(size: tuple[int, int] = (160, 120)) -> list[Kind]:
     deep = (grey.astype(np.uint16) * 257 + rng.integers(0, 257, grey.shape)).astype(np.uint16)
     kinds.append(Kind("mode_I16.png", save(Image.fromarray(deep), "PNG"), "ok", rgb(deep >> 8)))
     kinds.append(Kind("mode_I16.tif", save(Image.fromarray(deep), "TIFF"), "ok", rgb(deep >> 8)))
+    big_endian = save(Image.fromarray(deep.astype(">u2")), "TIFF")
+    kinds.append(Kind("mode_I16B.tif", big_endian, "ok", rgb(deep >> 8)))
+    wide = save(Image.fromarray(deep.astype(np.int32)), "TIFF")
+    kinds.append(Kind("mode_I32.tif", wide, "ok", rgb(deep >> 8)))
     cmyk = picture.convert("CMYK")
     cmyk_jpeg = save(cmyk, "JPEG", quality=95)
     kinds.append(Kind("mode_CMYK.jpg", cmyk_jpeg, "ok", plain(cmyk_jpeg)))
@@ -253,12 +257,20 @@ def corpus(size: tuple[int, int] = (160, 120)) -> list[Kind]:
         avif = save(picture, "AVIF", quality=90)
         kinds.append(Kind("picture.avif", avif, "ok", plain(avif)))
         kinds.append(Kind("truncated.avif", avif[: len(avif) // 2], "invalid_image"))
+        # Pillow keeps AVIF's irot/imir as an EXIF orientation and leaves the pixels alone.
+        turned = save(picture, "AVIF", quality=90, exif=exif_bytes(6))
+        upright = rgb(np.ascontiguousarray(ORIENT[6](np.asarray(plain(turned)))))
+        kinds.append(Kind("orientation_6.avif", turned, "ok", upright))
     try:
         import pillow_heif
 
         pillow_heif.register_heif_opener()
         heic = save(picture, "HEIF", quality=90)
         kinds.append(Kind("picture.heic", heic, "ok", plain(heic)))
+        # pillow-heif applies irot/imir itself and resets the EXIF orientation to 1.
+        turned = save(picture, "HEIF", quality=90, exif=exif_bytes(6))
+        assert plain(turned).size == (h, w)
+        kinds.append(Kind("orientation_6.heic", turned, "ok", plain(turned)))
     except ImportError:
         pass
 

@@ -180,3 +180,19 @@ def test_transparent_colour_in_a_grey_png_is_flattened() -> None:
     grey = Image.fromarray(np.array([[0, 100]], dtype=np.uint8), "L")
     image = decode_image(save(grey, "PNG", transparency=0), max_pixels=LIMIT)
     assert np.asarray(image)[0].tolist() == [[255, 255, 255], [100, 100, 100]]
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_gpu_decode_path_runs_on_the_cpu_device_too(orientation: int) -> None:
+    # make_gpu_decoder's torchvision path (decode_jpeg, orient, resize, crop) on CPU tensors:
+    # the same picture the same way up as the PIL path (resamplers differ slightly).
+    from services.gpu_worker.gpu_decode import make_gpu_decoder
+
+    data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
+    decoded = make_gpu_decoder(PRE, LIMIT, torch.device("cpu"))(data)
+    assert isinstance(decoded, torch.Tensor)
+    on_cpu = decode_and_preprocess(data, PRE, max_pixels=LIMIT).astype(int)
+    assert np.abs(decoded.numpy().astype(int) - on_cpu).mean() < 4
+    upright = decode_and_preprocess(save(make_image(4, (640, 400)), "JPEG"), PRE, max_pixels=LIMIT)
+    if orientation != 1:
+        assert np.abs(decoded.numpy().astype(int) - upright).mean() > 10

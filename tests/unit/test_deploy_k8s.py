@@ -116,7 +116,7 @@ def test_dockerfiles_bases_and_users() -> None:
     assert re.search(r"^FROM python:3\.11-slim", api, re.M)
     for text in (worker, api):
         assert _final_user(text) not in ("root", "0")
-    # torch from the worker extra, nvidia-ml-py (GPU utilisation gauge) from gpu; the API
-    # image installs only its role, so it carries no torch.
-    assert "'.[worker,gpu]'" in worker
-    assert "'.[api]'" in api and "torch" not in api
+    # torch from the worker extra, nvidia-ml-py (GPU utilisation gauge) from gpu, pillow-heif
+    # (HEIC) from heif; the API image installs only its role, so it carries no torch.
+    assert "'.[worker,gpu,heif]'" in worker
+    assert "'.[api,heif]'" in api and "torch" not in api

@@ -200,7 +200,7 @@ _WHY = {
     404: "model_not_found, job_not_found, batch_not_found; not_found for a moved /metrics",
     409: "job_not_cancellable: the job or batch can no longer change",
     413: "payload_too_large: body, file count or pixel count over a limit",
-    415: "unsupported_media_type: not multipart, or a file that is not JPEG, PNG or WebP",
+    415: "unsupported_media_type: not multipart, or a file in no accepted image format",
     422: "validation_error: a field is missing or out of range",
     429: "queue_full or rate_limited; retry after Retry-After seconds",
     503: "broker_unavailable: Redis does not answer",

@@ -52,7 +52,10 @@ class UploadFields(BaseModel):
     """
 
     file: list[UploadFile] = Field(
-        description="one or more images, JPEG, PNG or WebP (recognised by content, not name)"
+        description=(
+            "one or more images, recognised by content, not name: JPEG, PNG, WebP, GIF, BMP, "
+            "TIFF, AVIF, HEIC (VISIONQ_ACCEPTED_FORMATS may narrow the list)"
+        )
     )
     model: str | None = Field(None, description="a served model; default: the default model")
     top_k: int = Field(5, ge=1, le=1000, description="classifiers: how many classes to return")

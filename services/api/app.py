@@ -13,7 +13,7 @@ from models.specs import load_registry
 from services.api.deps import require_access
 from services.api.errors import install_error_handlers
 from services.api.limits import BodyLimitMiddleware
-from services.api.metrics import MetricsMiddleware
+from services.api.metrics import API_METRICS, MetricsMiddleware
 from services.api.metrics_server import scrape, start_metrics_server
 from services.api.ratelimit import RateLimiter
 from services.api.routes import batches, health, jobs, models, submit, ui
@@ -55,6 +55,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await waiter.stop()
             await client.aclose()
 
+    API_METRICS.init_models(settings.models)
     app = FastAPI(
         title="visionq",
         version="0.1.0",

@@ -64,7 +64,7 @@ async def store_jobs(
         args += [job_id, upload.filename, upload.data]
     depth = await state.redis.eval(SUBMIT_LUA, len(keys), *keys, *args)
     if int(depth) < 0:
-        API_METRICS.jobs_rejected.labels(form.model, "queue_full").inc(len(job_ids))
+        API_METRICS.count_rejected(form.model, QueueFull.code, len(job_ids))
         raise QueueFull(
             f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="
             f"{settings.queue_max_depth} jobs or more; retry later",

@@ -206,7 +206,7 @@ class WorkerSettings(CommonSettings):
     device: str = "auto"
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_port: int = Field(18100, ge=0, le=65535)
     metrics_host: str = Field("0.0.0.0", description="bind address of the worker's /metrics")
     worker_index: int = Field(0, ge=0, le=1000)
     torch_threads: int = Field(0, ge=0, le=256, description="0 picks from the core count")

@@ -78,7 +78,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         port = settings.metrics_port + index
         start_http_server(port, addr=settings.metrics_host)
         logger.info("worker metrics on :%d/metrics", port)
-    metrics.mark_up(label)
+    metrics.mark_up(label, specs)
     gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {

@@ -32,7 +32,7 @@ Message = MutableMapping[str, Any]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # No `_created` series: no query uses them and they double the stored series.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Why a submit was refused (the `reason` label): the error code of the answer.
 REJECT_REASONS = ("queue_full", "invalid_image", "payload_too_large", "unsupported_media_type")

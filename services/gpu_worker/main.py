@@ -49,6 +49,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
             "declare others in VISIONQ_MODELS_FILE"
         )
     specs = {name: registry[name] for name in settings.models}
+    from services.common import tracing
+
+    tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
     client = redis.Redis.from_url(
         settings.redis_url,

@@ -15,7 +15,7 @@ from prometheus_client import (
 
 # A `_created` series per counter and histogram child doubles what Prometheus stores and
 # no query here uses it (prometheus-client reads this flag when it renders a scrape).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The outcomes a worker ends jobs with: the dashboard and the error-ratio alert read them.
 OUTCOMES = (

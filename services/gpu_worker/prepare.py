@@ -53,6 +53,8 @@ class Prepared:
     ended: list[tuple[WorkItem, Outcome]]
     claimed_at: float  # wall clock, to compute queue wait
     batch_wait_ms: float
+    batch_id: str = ""  # names the batch in logs and traces
+    trace: Any = None  # a job_trace.BatchTrace when tracing is on
 
 
 # Decoders return uint8 (3, S, S): numpy on the CPU path, a CUDA tensor with GPU decode.

@@ -20,7 +20,7 @@ from services.api.ratelimit import RateLimiter
 from services.api.routes import batches, health, jobs, models, submit, ui
 from services.api.state import ApiState, make_async_redis
 from services.api.waiter import ResultWaiter
-from services.common import tracing
+from services.common import logs, tracing
 from services.common.celery_app import make_celery
 from services.common.errors import ConfigError
 from services.common.settings import ApiSettings, get_api_settings
@@ -37,6 +37,8 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the app; settings are read from the environment unless given."""
     settings = settings or get_api_settings()
+    # A no-op where the CLI already did it; uvicorn's spawned worker processes start bare.
+    logs.configure(settings.log_level, settings.log_format)
     registry = load_registry(settings.models_file)
     unknown = [m for m in settings.models if m not in registry]
     if unknown:

@@ -55,6 +55,9 @@ class CommonSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0)
     redis_timeout_s: float = Field(2.0, gt=0, le=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with job and batch ids"
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -127,7 +127,9 @@ def build_prepared(
             continue
         code = value.code if isinstance(value, VisionqError) else "invalid_image"
         if not isinstance(value, VisionqError):
-            logger.warning("decoding job %s failed: %r", item.job_id, value)
+            logger.warning(
+                "decoding job %s failed: %r", item.job_id, value, extra={"job_id": item.job_id}
+            )
         message = value.message if isinstance(value, VisionqError) else f"cannot decode: {value}"
         prepared.ended.append(
             (

@@ -19,6 +19,7 @@ import redis
 
 from models.loader import LoadedModel, load_model
 from models.specs import ModelSpec
+from services.common.logs import log_context
 from services.common.settings import WorkerSettings
 from services.gpu_worker import job_trace
 from services.gpu_worker.batcher import Batcher
@@ -33,6 +34,9 @@ from services.gpu_worker.serving import Served, build_served
 from services.gpu_worker.store import Claim, JobStore, Outcome
 
 logger = logging.getLogger(__name__)
+
+# Failures that are ours, not the client's: each gets a log line (bad images do not).
+_SERVER_FAULTS = frozenset({"inference_error", "out_of_memory"})
 
 
 class Runtime:
@@ -127,7 +131,8 @@ class Runtime:
             self._busy_since = time.monotonic()
             self._busy.set()
             try:
-                self._run(prepared)
+                with log_context(batch_id=prepared.batch_id):
+                    self._run(prepared)
             except Exception:
                 # A bug here must not leave tasks waiting forever with their messages held:
                 # die, and let the supervisor restart us; kombu redelivers the jobs.
@@ -225,6 +230,11 @@ class Runtime:
         for out in outcomes:
             outcome = out.status.value if out.error is None else out.error.get("code", "failed")
             self.metrics.jobs_completed.labels(m, dev, outcome).inc()
+            if outcome in _SERVER_FAULTS and out.error is not None:
+                logger.warning(
+                    "job %s failed: %s", out.job_id, out.error.get("message", outcome),
+                    extra={"job_id": out.job_id},
+                )  # fmt: skip
 
     # -- prepare thread -----------------------------------------------------------------
 
@@ -286,11 +296,13 @@ class Runtime:
             return
         items, claims = [p[0] for p in pairs], [p[1] for p in pairs]
         served = self._served[model]
+        batch_id = uuid.uuid4().hex[:16]
         decode_start = job_trace.now_ns()
-        prepared, skipped = build_prepared(
-            model, items, claims, served.decode, self._pool, time.time()
-        )
-        prepared.batch_id = uuid.uuid4().hex[:16]
+        with log_context(batch_id=batch_id):
+            prepared, skipped = build_prepared(
+                model, items, claims, served.decode, self._pool, time.time()
+            )
+        prepared.batch_id = batch_id
         traced = [i.job_id for i in prepared.run_items] + [i.job_id for i, _ in prepared.ended]
         prepared.trace = job_trace.begin(
             self.store.client, model, prepared.batch_id, traced, claim_ns, decode_start

@@ -38,6 +38,9 @@ _SHARED_ENV = {
     "VISIONQ_MODELS": "${VISIONQ_MODELS:-mobilenet_v3_small}",
     "VISIONQ_ALLOW_RANDOM_WEIGHTS": "${VISIONQ_ALLOW_RANDOM_WEIGHTS:-0}",
     "VISIONQ_LOG_LEVEL": "${VISIONQ_LOG_LEVEL:-INFO}",
+    "VISIONQ_LOG_FORMAT": "${VISIONQ_LOG_FORMAT:-text}",
+    # Tracing stays off unless an OTLP endpoint is given (services/common/tracing.py).
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
 }
 
 

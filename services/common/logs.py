@@ -64,11 +64,14 @@ class _TextFormatter(logging.Formatter):
 
 
 def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
     return JsonFormatter(
         "{asctime}{levelname}{name}{process}{threadName}{message}",
         style="{",
+        # uvicorn repeats each message with terminal colour codes in this extra field.
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         datefmt="%Y-%m-%dT%H:%M:%S%z",
     )

@@ -68,6 +68,7 @@ def test_every_line_is_json_from_every_part(json_stack: tuple[Stack, Proc, Proc]
     api_records, worker_records = _records(api), _records(worker)
     for record in api_records + worker_records:
         assert {"time", "level", "logger", "message"} <= set(record), record
+        assert "color_message" not in record  # uvicorn's copy with terminal colour codes
     api_loggers = {r["logger"] for r in api_records}
     worker_loggers = {r["logger"] for r in worker_records}
     assert any(name.startswith("uvicorn") for name in api_loggers), api_loggers

@@ -24,6 +24,7 @@ import redis
 
 from services.common import tracing
 from services.common.jobs import job_key
+from services.gpu_worker.prepare import Prepared
 from services.gpu_worker.store import Outcome
 
 logger = logging.getLogger(__name__)
@@ -63,20 +64,19 @@ def begin(
 
 
 def finish(
-    trace: BatchTrace,
-    outcomes: Sequence[Outcome],
-    forwarded: Sequence[str],
-    forward_ns: tuple[int, int],
-    store_ns: tuple[int, int],
-    device: str,
+    prepared: Prepared, outcomes: Sequence[Outcome], forward_ns: tuple[int, int], device: str
 ) -> None:
-    """Write the batch's spans: one forward span, then each job's span and its children.
+    """Write the batch's spans, once its results are stored (the store ends now).
 
-    ``forwarded`` lists the jobs that were in the forward pass (failed decodes were not).
     A failure here is logged, never raised: tracing must not take the inference loop down.
     """
+    trace = prepared.trace
+    if not isinstance(trace, BatchTrace):
+        return
+    # The jobs that were in the forward pass (failed decodes were not).
+    forwarded = [item.job_id for item in prepared.run_items]
     try:
-        _finish(trace, outcomes, forwarded, forward_ns, store_ns, device)
+        _finish(trace, outcomes, forwarded, forward_ns, (forward_ns[1], now_ns()), device)
     except Exception:
         logger.exception("recording the spans of batch %s failed", trace.batch_id)
 

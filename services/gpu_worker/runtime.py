@@ -195,15 +195,7 @@ class Runtime:
         stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
         store_s = time.perf_counter() - start
         if stored and prepared.trace is not None:
-            forwarded = [item.job_id for item in prepared.run_items]
-            job_trace.finish(
-                prepared.trace,
-                outcomes,
-                forwarded,
-                (forward_start, forward_end),
-                (forward_end, job_trace.now_ns()),
-                self.device_label,
-            )
+            job_trace.finish(prepared, outcomes, (forward_start, forward_end), self.device_label)
         items = prepared.run_items + [item for item, _ in prepared.ended]
         for item in items:
             item.release(requeue=not stored)

@@ -15,6 +15,7 @@ import pytest
 from services.common import tracing
 from services.common.jobs import Status
 from services.gpu_worker import job_trace
+from services.gpu_worker.prepare import Prepared, WorkItem
 from services.gpu_worker.store import Outcome
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -102,7 +103,9 @@ def test_a_batch_records_one_forward_span_linked_from_each_job(exporter: object)
         Outcome("b", Status.SUCCEEDED, timings={"decode_ms": 0.4}),
         Outcome("c", Status.FAILED, error={"code": "invalid_image", "message": "bad"}),
     ]
-    job_trace.finish(trace, outcomes, ["a", "b"], (1000, 5000), (5000, 6000), "cuda:0")
+    items = [WorkItem(j, "m") for j in "ab"]
+    prepared = Prepared("m", items, [], [], [], [], 0.0, 0.0, batch_id="batch-1", trace=trace)
+    job_trace.finish(prepared, outcomes, (1000, 5000), "cuda:0")
     spans = exporter.get_finished_spans()  # type: ignore[attr-defined]
     by_name: dict[str, list[object]] = {}
     for span in spans:

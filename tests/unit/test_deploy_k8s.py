@@ -3,8 +3,9 @@
 Every kustomization (the base and each overlay) is rendered with ``kubectl kustomize``
 (offline), and every rendered object of a built-in kind is validated against the
 Kubernetes OpenAPI schemas that ``kubernetes-validate`` ships, strictly (unknown fields
-are errors). KEDA's ScaledObject and TriggerAuthentication are CRDs whose schemas no
-package here ships: they get field checks only. No cluster and no Docker engine here: the
+are errors). KEDA's ScaledObject and TriggerAuthentication are CRDs: they are checked
+against KEDA's CRD schema through ``cloudcoil-models-keda`` (pydantic models generated
+from KEDA 2.16's CRDs), plus field checks. No cluster and no Docker engine here: the
 tests do not apply anything.
 """
 
@@ -76,12 +77,26 @@ def test_rendered_objects_are_valid_kubernetes(variant: str) -> None:
         name = f"{doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"].get("namespace") == "visionq" or doc["kind"] == "Namespace", name
         if doc["kind"] in CRD_KINDS:
-            assert doc["apiVersion"] == "keda.sh/v1alpha1", name
+            _validate_keda(doc, name)
             continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{variant or '.'}: {name}: {exc.message} at {list(exc.path)}")
+
+
+def _validate_keda(doc: dict[str, Any], name: str) -> None:
+    """Check a KEDA object against KEDA's CRD schema, as cloudcoil's generated models carry it.
+
+    The models check types and required fields but ignore unknown ones, so the object must
+    also come back unchanged from a round trip: a misspelt field would be dropped.
+    """
+    from cloudcoil.models.keda import v1alpha1
+
+    assert doc["apiVersion"] == "keda.sh/v1alpha1", name
+    model = getattr(v1alpha1, doc["kind"]).model_validate(doc)
+    again = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    assert again == doc, f"{name}: fields KEDA's schema does not know: {again} != {doc}"
 
 
 @needs_kubectl
@@ -206,3 +221,11 @@ def test_the_schema_check_catches_a_planted_mistake() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limitz"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="limitz"):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    scaled = copy.deepcopy(next(iter(_of(render("base"), "ScaledObject").values())))
+    scaled["spec"]["cooldownPeriods"] = 300
+    with pytest.raises(AssertionError, match="cooldownPeriods"):
+        _validate_keda(scaled, "planted")
+    scaled = copy.deepcopy(next(iter(_of(render("base"), "ScaledObject").values())))
+    scaled["spec"]["minReplicaCount"] = "one"
+    with pytest.raises(ValueError, match="minReplicaCount"):
+        _validate_keda(scaled, "planted")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from services.common.jobs import Status
 from services.gpu_worker import job_trace
 from services.gpu_worker.prepare import Prepared, WorkItem
 from services.gpu_worker.store import Outcome
+
+ROOT = Path(__file__).resolve().parents[2]
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
@@ -38,8 +41,10 @@ def test_the_standard_variables_switch_it(env: dict[str, str], wanted: bool) -> 
 
 
 def _run(code: str, **env: str) -> None:
-    full = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", **env}
-    done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True)
+    full = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -207,7 +207,8 @@ def test_dockerfiles_bases_and_users() -> None:
     assert re.search(r"^FROM python:3\.11-slim", api, re.M)
     for text in (worker, api):
         assert _final_user(text) not in ("root", "0")
-    assert "'.[gpu,otel]'" in worker  # nvidia-ml-py for the GPU gauge; tracing on demand
+    # nvidia-ml-py (GPU utilisation gauge), pillow-heif (HEIC), tracing on demand.
+    assert "'.[gpu,heif,otel]'" in worker
     assert "EXPOSE 18100" in worker
 
 

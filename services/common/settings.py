@@ -224,6 +224,10 @@ class WorkerSettings(CommonSettings):
     )
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
+    celery_events: bool = Field(
+        True,
+        description="send Celery worker heartbeats and task events (what Flower shows)",
+    )
 
     @field_validator("device")
     @classmethod

@@ -100,7 +100,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         },
         settings.heartbeat_interval_s,
     )
-    app = make_celery(settings, settings.unacked_restore_interval_s)
+    app = make_celery(settings, settings.unacked_restore_interval_s, settings.celery_events)
     app.conf.broker_transport = TRANSPORT_PATH
     register_tasks(app, runtime)
     # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
@@ -114,7 +114,8 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         loglevel=settings.log_level,
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        # Celery's worker heartbeat is an event: Flower counts a worker online by it.
+        without_heartbeat=not settings.celery_events,
         optimization="fair",
     )
     sweeper = LostMessageSweeper(

@@ -186,8 +186,8 @@ class Runtime:
         stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
         store_s = time.perf_counter() - start
         items = prepared.run_items + [item for item, _ in prepared.ended]
-        for item in items:
-            item.release(requeue=not stored)
+        for item, outcome in zip(items, outcomes, strict=True):
+            item.release(requeue=not stored, outcome=outcome)
         if stored:
             self._observe(prepared, outcomes, forward_s, store_s)
 

@@ -89,3 +89,20 @@ def test_raw_limit_measures_every_stage() -> None:
     assert raw.decode_per_s > 0 and raw.single_image_ms > 0
     assert set(raw.forward_per_s) == set(raw.full_per_s) == {1, 2}
     assert raw.limit == max(raw.full_per_s.values())
+
+
+def test_events_cost_summary_compares_the_means() -> None:
+    from services.bench.events import events_table, summarize
+
+    runs = {
+        "on": [{"per_s": 90.0, "redis_cpu_cores": 0.06, "p99_ms": 200.0},
+               {"per_s": 110.0, "redis_cpu_cores": 0.04, "p99_ms": 220.0}],
+        "off": [{"per_s": 100.0, "redis_cpu_cores": 0.04, "p99_ms": 200.0},
+                {"per_s": 100.0, "redis_cpu_cores": 0.04, "p99_ms": 200.0}],
+    }  # fmt: skip
+    summary = summarize(runs)
+    assert summary["on"]["per_s_min"] == 90.0 and summary["on"]["per_s_max"] == 110.0
+    assert summary["on_vs_off"]["per_s"] == pytest.approx(1.0)
+    assert summary["on_vs_off"]["redis_cpu_cores"] == pytest.approx(1.25)
+    text = events_table({"clients": 16, "runs": runs, "summary": summary})
+    assert "on | 90.0 | 0.060" in text and "Redis CPU 1.25x" in text

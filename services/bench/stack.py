@@ -19,12 +19,16 @@ from services.common.redis_server import free_port
 
 @contextmanager
 def running_stack(
-    model: str, overrides: dict[str, str], timeout_s: float = 180.0, redis_port: int = 0
+    model: str,
+    overrides: dict[str, str],
+    timeout_s: float = 180.0,
+    redis_port: int = 0,
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
     """Start the whole stack with these VISIONQ_* overrides; yield its URL; stop it.
 
-    ``redis_port`` fixes the embedded Redis's port (0: any free one), for a caller that
-    reads Redis's own counters.
+    ``redis_port`` fixes the embedded Redis's port (0: any free one) and ``pids`` receives
+    the ``visionq up`` process id, for a caller that measures their CPU.
     """
     port = free_port()
     env = dict(os.environ)
@@ -45,6 +49,8 @@ def running_stack(
              "--redis-port", str(redis_port)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    if pids is not None:
+        pids.append(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

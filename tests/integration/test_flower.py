@@ -1,7 +1,7 @@
 """Proof against a real Flower: it sees the worker online and every job as a task.
 
-A real redis-server, the real API and one real CPU worker with the default settings run
-as subprocesses, and Flower runs as a real process (``celery -A services.common.celery_app
+A real redis-server, the real API and one real CPU worker with events on (as the compose
+file runs them next to Flower) run as subprocesses, and Flower runs as a real process (``celery -A services.common.celery_app
 flower``) on a loopback port with its unauthenticated API on. Everything is read through
 Flower's HTTP API, which knows only what the worker's Celery events told it.
 """
@@ -100,7 +100,8 @@ def watched(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """(flower, stack, worker hostname): the stack with Flower watching it from the start."""
     tmp = tmp_path_factory.mktemp("flower")
     server = RedisServer(port=0).start()
-    stack = Stack(server.url, tmp, stack_env(models_file))
+    # Events are off by default (they cost CPU); on, as the compose file sets them for Flower.
+    stack = Stack(server.url, tmp, stack_env(models_file, VISIONQ_CELERY_EVENTS="1"))
     flower: Flower | None = None
     try:
         stack.start_api()

@@ -1,9 +1,10 @@
 """Proof against a real Flower: it sees the worker online and every job as a task.
 
 A real redis-server, the real API and one real CPU worker with events on (as the compose
-file runs them next to Flower) run as subprocesses, and Flower runs as a real process (``celery -A services.common.celery_app
-flower``) on a loopback port with its unauthenticated API on. Everything is read through
-Flower's HTTP API, which knows only what the worker's Celery events told it.
+file runs them next to Flower) run as subprocesses, and Flower runs as a real process
+(``celery -A services.common.celery_app flower``) on a loopback port with its
+unauthenticated API on. Everything is read through Flower's HTTP API, which knows only
+what the worker's Celery events told it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import redis
 
 from services.common.redis_server import RedisServer, free_port
 from tests.conftest import TEST_MODEL
@@ -125,25 +127,31 @@ def test_jobs_show_as_tasks_with_their_states(watched: Any) -> None:
     flower, stack, hostname = watched
     parts = [(f"{i}.jpg", jpeg(40 + i, (96, 96))) for i in range(4)]
     ids = submit(stack.url, files(*parts, ("corrupt.jpg", corrupt_jpeg(3))))
-    records = wait_jobs(stack.url, ids)
-    assert [r["status"] for r in records] == ["succeeded"] * 4 + ["failed"]
+    # A deadline of 1 ms has passed before any worker can claim the job: it ends expired.
+    late = submit(stack.url, files(("late.jpg", jpeg(60, (96, 96)))), timeout="0.001")
+    records = wait_jobs(stack.url, ids + late)
+    assert [r["status"] for r in records] == ["succeeded"] * 4 + ["failed", "expired"]
 
     def all_ready() -> dict[str, Any] | None:
         tasks: dict[str, Any] = flower.get("/api/tasks")
-        mine = {i: tasks[i] for i in ids if i in tasks}
-        done = len(mine) == len(ids)
-        return (
-            mine
-            if done and all(t["state"] in ("SUCCESS", "FAILURE") for t in mine.values())
-            else None
-        )
+        mine = {i: tasks[i] for i in ids + late if i in tasks}
+        ready = ("SUCCESS", "FAILURE", "REVOKED")
+        done = len(mine) == len(ids) + 1 and all(t["state"] in ready for t in mine.values())
+        return mine if done else None
 
     tasks = flower.wait_for("every job as a finished task", all_ready)
-    # Task ids are job ids, each task names its worker and has a runtime.
+    # Task ids are job ids; failed jobs are FAILURE, an expired one REVOKED (as Celery's own
+    # expiry); each task names its worker and has a runtime.
     assert {i: t["state"] for i, t in tasks.items()} == {
         **dict.fromkeys(ids[:4], "SUCCESS"),
         ids[4]: "FAILURE",
+        late[0]: "REVOKED",
     }
+    revoked = tasks.pop(late[0])
+    assert revoked["revoked"] and revoked["worker"] == hostname
+    # Every message was acked, FAILURE and REVOKED ones too: nothing will come back.
+    client = redis.Redis.from_url(stack.redis_url)
+    flower.wait_for("every message acked", lambda: client.hlen("unacked") == 0 or None)
     for job_id, task in tasks.items():
         assert task["uuid"] == job_id
         assert task["name"] == "visionq.infer"

@@ -9,7 +9,7 @@ import pytest
 from celery.exceptions import Ignore
 
 from services.common.jobs import Status
-from services.gpu_worker.tasks import JobFailed, end_task
+from services.gpu_worker.task_states import JobFailed, end_task
 
 
 class FakeTask:

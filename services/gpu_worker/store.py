@@ -78,12 +78,6 @@ class JobStore:
             )
         return claims
 
-    def ended_as(self, job_id: str) -> tuple[str, dict[str, str] | None]:
-        """A job's stored status and error (``""`` when the record is gone)."""
-        status, error = self._client.hmget(job_key(job_id), ["status", "error"])
-        text = status.decode() if isinstance(status, bytes) else (status or "")
-        return text, json.loads(error) if error else None
-
     def finish(self, outcomes: Sequence[Outcome]) -> None:
         """Store every outcome, drop the images, wake waiters: one pipeline."""
         now = time.time()
@@ -120,3 +114,9 @@ class JobStore:
                 logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def ended_as(self, job_id: str) -> tuple[str, dict[str, str] | None]:
+        """A job's stored status and error (``""`` when the record is gone)."""
+        status, error = self._client.hmget(job_key(job_id), ["status", "error"])
+        text = status.decode() if isinstance(status, bytes) else (status or "")
+        return text, json.loads(error) if error else None

@@ -8,6 +8,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from services.common.jobs import INTERACTIVE, TASK_NAME
+from services.common.logs import log_context
 from services.gpu_worker.runtime import Runtime
 from services.gpu_worker.task_states import JobFailed, finish_task
 
@@ -20,9 +21,10 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         bind=True, name=TASK_NAME, acks_late=True, ignore_result=True, throws=(JobFailed,)
     )
     def infer(self: Any, job_id: str, model: str, lane: str = INTERACTIVE) -> str:
-        item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE)
-        item.done.wait()
-        if item.requeue:
-            # Not processed (shutting down, or Redis lost): give the message back intact.
-            raise Reject("not processed here", requeue=True)
-        return finish_task(self, item, runtime.store)
+        with log_context(job_id=job_id):
+            item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE)
+            item.done.wait()
+            if item.requeue:
+                # Not processed (shutting down, or Redis lost): give the message back intact.
+                raise Reject("not processed here", requeue=True)
+            return finish_task(self, item, runtime.store)

@@ -34,3 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, default=Path("bench-results.png"))
     p.add_argument("--no-unbatched", action="store_true", help="skip the unbatched stack")
     p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")
+    p.add_argument(
+        "--events-cost",
+        action="store_true",
+        help="only compare VISIONQ_CELERY_EVENTS on/off at the highest --concurrency",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per mode with --events-cost")

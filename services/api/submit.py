@@ -55,7 +55,7 @@ async def store_jobs(
         settings.job_ttl_s,
         form.model,
         time.time(),
-        form.top_k,
+        form.params_json,
         "" if form.timeout is None else time.time() + form.timeout,
         lane,
     ]

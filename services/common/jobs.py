@@ -121,7 +121,7 @@ end
 QUEUED_INDEX = "vq:queued"
 
 # KEYS[1]=done channel, KEYS[2]=queue list, then job/image key pairs. ARGV: max_depth,
-# job_ttl, model, created, top_k, deadline, lane, then (id, filename, bytes) triples.
+# job_ttl, model, created, params (JSON), deadline, lane, then (id, filename, bytes) triples.
 # Returns -1 when the queue is too deep (nothing written), else the queue depth seen.
 SUBMIT_LUA = """
 local depth = redis.call('LLEN', KEYS[2])
@@ -131,7 +131,7 @@ for i = 0, n - 1 do
   local jk, ik = KEYS[3 + 2*i], KEYS[4 + 2*i]
   local a = 8 + 3*i
   redis.call('HSET', jk, 'status', 'queued', 'model', ARGV[3], 'created', ARGV[4],
-             'top_k', ARGV[5], 'deadline', ARGV[6], 'lane', ARGV[7],
+             'params', ARGV[5], 'deadline', ARGV[6], 'lane', ARGV[7],
              'filename', ARGV[a + 1], 'deliveries', 0)
   redis.call('EXPIRE', jk, ARGV[2])
   redis.call('SET', ik, ARGV[a + 2], 'EX', ARGV[2])
@@ -141,7 +141,7 @@ return depth
 """
 
 # KEYS[1]=done channel, then job/image key pairs. ARGV: now, max_deliveries, result_ttl,
-# worker, mode, then job ids. Per job returns {verdict, deliveries, created, top_k, image},
+# worker, mode, then job ids. Per job returns {verdict, deliveries, created, params, image},
 # where verdict is run | skip (already terminal or unknown) | expired | worker_lost |
 # suspect. In mode "batch" a job already marked running (a redelivery: its last worker
 # died) is only reported as suspect, not counted: the worker claims it again alone
@@ -180,7 +180,7 @@ for i = 0, n - 1 do
                message='the image bytes expired before a worker reached the job'}), ARGV[3], id)
         out[i + 1] = {'skip', d, created, '', ''}
       else
-        out[i + 1] = {'run', d, created, redis.call('HGET', jk, 'top_k') or '5', img}
+        out[i + 1] = {'run', d, created, redis.call('HGET', jk, 'params') or '', img}
       end
     end
   end

@@ -83,11 +83,12 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
 
     weights = {
         name: {
-            "source": lm.source.kind,
-            "location": lm.source.location,
-            "random": lm.source.is_random,
+            "source": src.kind,
+            "location": src.location,
+            "random": src.is_random,
         }
-        for name, lm in runtime.loaded.items()
+        for name, served in runtime.served.items()
+        if (src := served.handler.weights_source) is not None
     }
     heartbeat = Heartbeat(
         client,

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from models.loader import LoadedModel, load_model
 from models.specs import ModelSpec
 from services.common.settings import WorkerSettings
 from services.gpu_worker.batcher import Batcher
@@ -104,9 +103,9 @@ class Runtime:
         return item
 
     @property
-    def loaded(self) -> dict[str, LoadedModel]:
-        """The models this worker serves."""
-        return {name: served.loaded for name, served in self._served.items()}
+    def served(self) -> dict[str, Served]:
+        """The models this worker serves, with their set-up handlers."""
+        return dict(self._served)
 
     # -- inference thread ---------------------------------------------------------------
 
@@ -152,20 +151,15 @@ class Runtime:
         if decode_threads > 1:
             self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vq-decode")
         for name, spec in self.specs.items():
-            loaded = load_model(
-                spec,
-                weights_dir=self.settings.weights_dir,
-                allow_random=self.settings.allow_random_weights,
-                allow_download=self.settings.allow_download,
-                device=device,
-            )
-            self._served[name] = build_served(loaded, self.settings, device)
+            served = build_served(spec, self.settings, device)
+            self._served[name] = served
+            source = served.handler.weights_source
             logger.info(
-                "model %s ready on %s (weights: %s %s; %d torch threads, %d decode threads)",
+                "model %s (%s) ready on %s (weights: %s; %d torch threads, %d decode threads)",
                 name,
+                served.task,
                 label,
-                loaded.source.kind,
-                loaded.source.location,
+                f"{source.kind} {source.location}" if source is not None else "none",
                 torch_threads,
                 decode_threads,
             )
@@ -176,10 +170,9 @@ class Runtime:
         served = self._served[prepared.model]
         outcomes, forward_s = outcomes_for(
             prepared,
-            served.run,
-            served.loaded.labels,
+            served.forward,
+            served.handler.encode,
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
-            stack=served.stack,
         )
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
@@ -195,8 +188,8 @@ class Runtime:
         self, prepared: Prepared, outcomes: list[Outcome], forward_s: float, store_s: float
     ) -> None:
         m, dev = prepared.model, self.device_label
-        if prepared.arrays:
-            self.metrics.batch_size.labels(m, dev).observe(len(prepared.arrays))
+        if prepared.items:
+            self.metrics.batch_size.labels(m, dev).observe(len(prepared.items))
             self.metrics.batch_duration.labels(m, dev, "forward").observe(forward_s)
             decode_s = sum(prepared.decode_ms) / 1000.0
             self.metrics.batch_duration.labels(m, dev, "decode").observe(decode_s)
@@ -266,7 +259,7 @@ class Runtime:
         items, claims = [p[0] for p in pairs], [p[1] for p in pairs]
         served = self._served[model]
         prepared, skipped = build_prepared(
-            model, items, claims, served.decode, self._pool, time.time()
+            model, items, claims, served.decode, served.params_type, self._pool, time.time()
         )
         for item in skipped:
             item.release()

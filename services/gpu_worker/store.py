@@ -30,7 +30,7 @@ class Claim:
     verdict: str  # run | skip | expired | worker_lost
     deliveries: int
     created: float | None
-    top_k: int
+    params: str  # the handler's params as JSON ('' for the defaults)
     image: bytes
 
 
@@ -66,13 +66,13 @@ class JobStore:
         args: list[Any] = [time.time(), self._max_deliveries, self._result_ttl_s, worker, mode]
         raw = self._claim(keys=keys, args=[*args, *job_ids])
         claims = []
-        for verdict, deliveries, created, top_k, image in raw:
+        for verdict, deliveries, created, params, image in raw:
             claims.append(
                 Claim(
                     verdict=verdict.decode(),
                     deliveries=int(deliveries),
                     created=float(created) if created else None,
-                    top_k=int(top_k) if top_k else 5,
+                    params=params.decode() if params else "",
                     image=image or b"",
                 )
             )

@@ -1,6 +1,6 @@
 """Batches: many images under one id, run on the models' bulk queues behind interactive jobs.
 
-A batch is ``vq:batch:<id>`` (a hash: model, top_k, created, cancelled) and
+A batch is ``vq:batch:<id>`` (a hash: model, params (JSON), created, cancelled) and
 ``vq:batch:<id>:jobs`` (the job ids in upload order). Both live as long as a job may wait
 plus as long as its result stays readable, renewed on every upload. Progress is counted
 from the job records themselves, so it needs nothing from the workers.
@@ -107,7 +107,7 @@ async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict
     return {
         "batch_id": batch_id,
         "model": meta["model"],
-        "top_k": int(meta["top_k"]),
+        "params": json.loads(meta.get("params") or "{}"),
         "created": float(meta["created"]),
         "status": status,
         "total": sum(counts.values()),
@@ -133,10 +133,10 @@ async def _cancel(state: ApiState, job_ids: list[str]) -> int:
 @router.post("", status_code=201, openapi_extra=_FORM_DOC)
 async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
-    form = await read_form(request, state.settings)
+    form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     batch_id = uuid.uuid4().hex
-    meta: list[str | int | float] = ["model", form.model, "top_k", form.top_k]
+    meta: list[str | int | float] = ["model", form.model, "params", form.params_json]
     meta += ["created", time.time()]
     await state.redis.hset(batch_key(batch_id), items=meta)
     await state.redis.expire(batch_key(batch_id), _ttl(state))
@@ -152,12 +152,12 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
 
 @router.post("/{batch_id}/files", openapi_extra=_FORM_DOC)
 async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
-    """Add files to a batch; they use the model and top_k the batch was created with."""
+    """Add files to a batch; they use the model and params the batch was created with."""
     meta = await _meta(state, batch_id)
     if meta.get("cancelled"):
         raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
-    form = await read_form(request, state.settings)
-    form = dataclasses.replace(form, model=meta["model"], top_k=int(meta["top_k"]))
+    form = await read_form(request, state.settings, state.registry, model=meta["model"])
+    form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
     total = await _add(state, batch_id, form)
     return {"batch_id": batch_id, "added": len(form.files), "total": total}
 

@@ -15,10 +15,11 @@ import math
 import redis.asyncio as aioredis
 
 from services.common.errors import RateLimited
+from services.common.protocol.keys import RATE_LIMIT_PREFIX
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "vq:rl:"
+KEY_PREFIX = RATE_LIMIT_PREFIX
 
 # GCRA: the bucket is the "theoretical arrival time" (tat) of the next request, in ms.
 # A request is allowed while tat - now <= tolerance; each allowed one moves tat on by interval.

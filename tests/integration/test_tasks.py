@@ -34,6 +34,7 @@ from tests.integration.stack import Stack
 EMBEDDER = "mobilenet_v3_small_embedding"
 DETECTOR = "ssdlite320_mobilenet_v3_large"
 SEGMENTER = "lraspp_mobilenet_v3_large"
+CUSTOM = "mean_color"
 SIZES = [(320, 240), (200, 300), (256, 256)]
 PARAMS: dict[str, dict[str, str]] = {
     TEST_MODEL: {"top_k": "5"},
@@ -74,9 +75,12 @@ def task_stack(
         f'[[models]]\nname = "{DETECTOR}"\narch = "{DETECTOR}"\n'
         f'weights = "{weights[DETECTOR]}"\n\n'
         f'[[models]]\nname = "{SEGMENTER}"\narch = "{SEGMENTER}"\n'
-        f'weights = "{weights[SEGMENTER]}"\n'
+        f'weights = "{weights[SEGMENTER]}"\n\n'
+        f'[[models]]\nname = "{CUSTOM}"\n'
+        'handler = "examples.handlers.mean_color:MeanColorHandler"\n'
+        "options = { thumbnail = 16 }\n"
     )
-    models = ",".join([TEST_MODEL, EMBEDDER, DETECTOR, SEGMENTER, "noop"])
+    models = ",".join([TEST_MODEL, EMBEDDER, DETECTOR, SEGMENTER, "noop", CUSTOM])
     env = stack_env(
         models_file,
         VISIONQ_MODELS=models,
@@ -254,3 +258,34 @@ def test_embedding_base64_f16_round_trips(task_stack: tuple[Stack, dict[str, Pat
     half = np.frombuffer(base64.b64decode(got["base64-f16"]["embedding"]), dtype="<f2")
     assert half.shape == full.shape
     np.testing.assert_allclose(half.astype(np.float32), full, atol=2e-3)
+
+
+def test_the_worked_example_handler_is_served(task_stack: tuple[Stack, dict[str, Path]]) -> None:
+    """docs/HANDLERS.md's example, declared in the models file, batched with a bad image."""
+    stack, _ = task_stack
+    images = _images()
+    resp = httpx.post(
+        f"{stack.url}/v1/predict",
+        files=files(*images, ("bad.jpg", _corrupt())),
+        data={"model": CUSTOM, "digits": "6"},
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert preds[-1]["error"]["code"] == "invalid_image"
+    for pred, (_, data) in zip(preds[:-1], images, strict=True):
+        thumb = Image.open(io.BytesIO(data)).convert("RGB").resize((16, 16))
+        rgb = np.asarray(thumb, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
+        np.testing.assert_allclose(pred["result"]["mean_rgb"], rgb, atol=2e-6)
+        luma = float(rgb @ np.array([0.299, 0.587, 0.114]))
+        assert pred["result"]["brightness"] == pytest.approx(luma, abs=2e-6)
+    models = {m["name"]: m for m in httpx.get(f"{stack.url}/v1/models").json()["models"]}
+    assert models[CUSTOM]["task"] == "color"
+    assert set(models[CUSTOM]["params_schema"]["properties"]) == {"digits"}
+    bad = httpx.post(
+        f"{stack.url}/v1/predict",
+        files=files(images[0]),
+        data={"model": CUSTOM, "digits": "99"},
+        timeout=60,
+    )
+    assert bad.status_code == 422 and "digits" in bad.json()["error"]["message"]

@@ -83,7 +83,7 @@ class Segmentation:
             from PIL import Image
 
             with Image.open(io.BytesIO(self.png)) as image:
-                flat = list(image.get_flattened_data())
+                flat = [int(v) for v in image.get_flattened_data()]  # type: ignore[arg-type]
         else:
             values, counts = self.rle or ([], [])
             flat = [v for v, n in zip(values, counts, strict=True) for _ in range(n)]

@@ -43,7 +43,7 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "visionq_batch_size",
             "Jobs per forward pass",
-            ["model", "device"],
+            ["model", "device", "task"],
             buckets=batch_size_buckets(max_batch_size),
             registry=r,
         )
@@ -71,7 +71,7 @@ class WorkerMetrics:
         self.jobs_completed = Counter(
             "visionq_jobs_completed_total",
             "Jobs ended by this worker",
-            ["model", "device", "outcome"],
+            ["model", "device", "outcome", "task"],
             registry=r,
         )
         self.oom = Counter(

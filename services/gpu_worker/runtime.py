@@ -189,7 +189,8 @@ class Runtime:
     ) -> None:
         m, dev = prepared.model, self.device_label
         if prepared.items:
-            self.metrics.batch_size.labels(m, dev).observe(len(prepared.items))
+            task = self._served[m].task
+            self.metrics.batch_size.labels(m, dev, task).observe(len(prepared.items))
             self.metrics.batch_duration.labels(m, dev, "forward").observe(forward_s)
             decode_s = sum(prepared.decode_ms) / 1000.0
             self.metrics.batch_duration.labels(m, dev, "decode").observe(decode_s)
@@ -203,7 +204,7 @@ class Runtime:
                 self.metrics.job_latency.labels(m).observe(max(0.0, now - claim.created))
         for out in outcomes:
             outcome = out.status.value if out.error is None else out.error.get("code", "failed")
-            self.metrics.jobs_completed.labels(m, dev, outcome).inc()
+            self.metrics.jobs_completed.labels(m, dev, outcome, self._served[m].task).inc()
 
     # -- prepare thread -----------------------------------------------------------------
 
@@ -281,4 +282,7 @@ class Runtime:
     def _count_skipped(self, model: str, claims: list[Claim]) -> None:
         for claim in claims:
             if claim.verdict in ("expired", "worker_lost"):
-                self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()
+                task = self._served[model].task
+                self.metrics.jobs_completed.labels(
+                    model, self.device_label, claim.verdict, task
+                ).inc()

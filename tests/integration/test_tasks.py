@@ -30,6 +30,7 @@ from tests.images import jpeg
 from tests.integration.conftest import stack_env
 from tests.integration.helpers import files
 from tests.integration.stack import Stack
+from tests.integration.test_ui import page as chromium_page  # noqa: F401  (fixture "page")
 
 EMBEDDER = "mobilenet_v3_small_embedding"
 DETECTOR = "ssdlite320_mobilenet_v3_large"
@@ -289,3 +290,26 @@ def test_the_worked_example_handler_is_served(task_stack: tuple[Stack, dict[str,
         timeout=60,
     )
     assert bad.status_code == 422 and "digits" in bad.json()["error"]["message"]
+
+
+def test_upload_page_draws_detection_boxes(
+    task_stack: tuple[Stack, dict[str, Path]], page: Any, tmp_path: Path
+) -> None:
+    """Headless Chromium: pick the detector, set its params, upload, see the boxes drawn."""
+    stack, _ = task_stack
+    photo = tmp_path / "street.jpg"
+    photo.write_bytes(jpeg(33, (320, 240)))
+    page.goto(stack.url + "/")
+    page.wait_for_selector(f'#model option[value="{DETECTOR}"]', state="attached")
+    page.select_option("#model", DETECTOR)
+    page.wait_for_selector("#param-score_threshold")
+    assert page.locator("#topk").count() == 0  # a detector has no top_k
+    page.fill("#param-score_threshold", "0.0")
+    page.fill("#param-max_detections", "5")
+    page.set_input_files("#files", [str(photo)])
+    canvas = page.wait_for_selector(".card.ok canvas[data-boxes]", timeout=120_000)
+    assert canvas.get_attribute("data-boxes") == "5"
+    size = page.evaluate("() => { const c = document.querySelector('.card.ok canvas');"
+                         " return [c.width, c.height]; }")  # fmt: skip
+    assert size == [320, 240]  # drawn in the image's own pixels
+    assert "5 detections" in page.locator(".card.ok").inner_text()

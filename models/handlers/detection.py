@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from models.handlers.base import Handler
 from models.handlers.params import DetectionParams
@@ -20,6 +21,8 @@ from models.handlers.tensors import to_device_float
 from models.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+MAX_SIDE = 1333  # the longest side torchvision's detectors resize to (RetinaNet, Faster R-CNN)
 
 
 class DetectionHandler(Handler):
@@ -33,19 +36,41 @@ class DetectionHandler(Handler):
         self.device = device
         self.module = self.load_model(spec, device).module
 
-    def decode(self, data: bytes, params: Any) -> np.ndarray:
-        """uint8 (3, H, W) at the image's own, oriented size."""
+    def decode(self, data: bytes, params: Any) -> tuple[np.ndarray, float]:
+        """uint8 (3, H, W) at the image's own, oriented size, and the scale back to it.
+
+        Images longer than ``MAX_SIDE`` are shrunk first (every built-in detector resizes
+        to at most 1333 pixels anyway): a 40-megapixel photo would otherwise cost ~0.5 GB
+        as a float tensor. Boxes are scaled back to the original pixels in ``split``.
+        """
         image = self.decode_image(data)
-        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        scale = 1.0
+        if max(image.size) > MAX_SIDE:
+            scale = max(image.size) / MAX_SIDE
+            size = (round(image.width / scale), round(image.height / scale))
+            image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        return array, scale
 
-    def collate(self, items: list[np.ndarray]) -> list[torch.Tensor]:
+    def collate(
+        self, items: list[tuple[np.ndarray, float]]
+    ) -> tuple[list[torch.Tensor], list[float]]:
         """float (3, H, W) in [0, 1] on the device, one per image (sizes may differ)."""
-        return [to_device_float(item, self.device) for item in items]
+        return [to_device_float(item, self.device) for item, _ in items], [s for _, s in items]
 
-    def predict(self, batch: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """ONE forward over the list; boxes, labels, scores per image, on the CPU."""
-        outputs = self.module(batch)
-        return [{k: v.float().cpu() for k, v in out.items()} for out in outputs]
+    def predict(
+        self, batch: tuple[list[torch.Tensor], list[float]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """ONE forward over the list; boxes (original pixels), labels, scores, on the CPU."""
+        images, scales = batch
+        outputs = self.module(images)
+        results = []
+        for out, scale in zip(outputs, scales, strict=True):
+            result = {k: v.float().cpu() for k, v in out.items()}
+            if scale != 1.0:
+                result["boxes"] = result["boxes"] * scale
+            results.append(result)
+        return results
 
     def encode(
         self, item_output: dict[str, torch.Tensor], params: DetectionParams

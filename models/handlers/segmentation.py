@@ -38,6 +38,31 @@ def run_lengths(mask: np.ndarray) -> dict[str, list[int]]:
     return {"values": flat[starts].astype(int).tolist(), "counts": counts.astype(int).tolist()}
 
 
+# Above this many upsampled logits (classes x pixels), classes are resized one at a time so
+# a 40-megapixel photo costs two maps of its size instead of one per class.
+_CHUNKED_ABOVE = 64_000_000
+
+
+def _class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Logits (C, S, S) -> bilinear to ``size`` -> argmax: uint8 (H, W)."""
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(
+            x[None], size=size, mode="bilinear", align_corners=False
+        )[0]
+
+    if logits.shape[0] * size[0] * size[1] <= _CHUNKED_ABOVE:
+        return up(logits).argmax(0).to(torch.uint8).cpu().numpy()
+    best = up(logits[:1])[0]
+    index = torch.zeros(size, dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[0]):
+        score = up(logits[c : c + 1])[0]
+        better = score > best  # strict: ties keep the lower index, as argmax does
+        best = torch.where(better, score, best)
+        index[better] = c
+    return index.cpu().numpy()
+
+
 class SegmentationHandler(Handler):
     """uint8 (3, S, S) + size per image -> class map -> ``{"mask", "classes", ...}``."""
 
@@ -77,13 +102,7 @@ class SegmentationHandler(Handler):
     def split(self, output: tuple[torch.Tensor, list[tuple[int, int]]]) -> list[np.ndarray]:
         """Per image: logits resized to its own size, argmax -> uint8 (H, W) class map."""
         logits, sizes = output
-        maps = []
-        for row, (height, width) in zip(logits, sizes, strict=True):
-            up = torch.nn.functional.interpolate(
-                row[None], size=(height, width), mode="bilinear", align_corners=False
-            )
-            maps.append(up[0].argmax(0).to(torch.uint8).cpu().numpy())
-        return maps
+        return [_class_map(row, size) for row, size in zip(logits, sizes, strict=True)]
 
     def encode(self, item_output: np.ndarray, params: SegmentationParams) -> dict[str, Any]:
         """``{"width", "height", "mask": {"format", ...}, "classes": [{"index", "label",

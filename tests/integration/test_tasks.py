@@ -11,7 +11,11 @@ issue's tolerances.
 from __future__ import annotations
 
 import base64
+import csv
 import io
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from tests.conftest import TEST_MODEL, make_seeded_detector, make_seeded_segment
 from tests.images import jpeg
 from tests.integration.conftest import stack_env
 from tests.integration.helpers import files
-from tests.integration.stack import Stack
+from tests.integration.stack import ROOT, Stack
 from tests.integration.test_ui import page as chromium_page  # noqa: F401  (fixture "page")
 
 EMBEDDER = "mobilenet_v3_small_embedding"
@@ -313,3 +317,35 @@ def test_upload_page_draws_detection_boxes(
                          " return [c.width, c.height]; }")  # fmt: skip
     assert size == [320, 240]  # drawn in the image's own pixels
     assert "5 detections" in page.locator(".card.ok").inner_text()
+
+
+def test_cli_writes_detections_as_csv_rows_and_any_task_as_jsonl(
+    task_stack: tuple[Stack, dict[str, Path]], tmp_path: Path
+) -> None:
+    stack, _ = task_stack
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"p{i}.jpg").write_bytes(jpeg(50 + i, (160, 120)))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "services.cli.main", "predict", str(folder)]
+        return subprocess.run([*command, "--url", stack.url, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    out = tmp_path / "boxes.csv"
+    params = ["--param", "score_threshold=0", "--param", "max_detections=3"]
+    run = cli("--model", DETECTOR, *params, "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and all(r["label"] and r["x2"] for r in rows)
+    assert {Path(r["path"]).name for r in rows} == {"p0.jpg", "p1.jpg"}
+
+    out = tmp_path / "emb.jsonl"
+    run = cli("--model", EMBEDDER, "--param", "encoding=base64-f16", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(r["result"]["dim"] == 1024 for r in records)
+
+    refused = cli("--model", EMBEDDER, "--out", str(tmp_path / "emb.csv"))
+    assert refused.returncode != 0 and "JSON lines" in refused.stderr

@@ -143,3 +143,16 @@ def test_noop_handler_needs_no_torch_and_counts_bytes() -> None:
     params = handler.Params()
     outputs = handler.split(handler.predict(handler.collate([handler.decode(b"abc", params)])))
     assert handler.encode(outputs[0], params) == {"bytes": 3}
+
+
+def test_large_class_maps_are_resized_one_class_at_a_time_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from models.handlers import segmentation
+
+    logits = torch.randn(5, 13, 11, generator=torch.Generator().manual_seed(0))
+    direct = segmentation._class_map(logits, (40, 37))
+    monkeypatch.setattr(segmentation, "_CHUNKED_ABOVE", 0)
+    np.testing.assert_array_equal(segmentation._class_map(logits, (40, 37)), direct)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,7 @@ def measure_raw(
     import torch
 
     from services.common.settings import get_worker_settings
+    from services.gpu_worker.device import default_threads
     from services.gpu_worker.serving import build_served
 
     device = torch.device(device_name)
@@ -84,6 +86,10 @@ def measure_raw(
             "fault_injection": False,
         }
     )
+    # The worker's own thread count (see services/gpu_worker/device.py), so the raw limit
+    # and the served stack run the forward the same way.
+    threads = settings.torch_threads or default_threads(device.type, os.cpu_count())[0]
+    torch.set_num_threads(threads)
     served = build_served(spec, settings, device)
     params = served.params_type()
     encode = served.handler.encode

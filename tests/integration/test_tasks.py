@@ -186,11 +186,16 @@ def test_served_equals_torchvision_batched_and_alone(
     ]
     data = {"model": name, **PARAMS[name]}
     parts = files(*images, ("bad.jpg", _corrupt()))
-    resp = httpx.post(f"{stack.url}/v1/predict", files=parts, data=data, timeout=300)
-    assert resp.status_code == 200, resp.text
-    preds = resp.json()["predictions"]
-    assert preds[-1]["error"]["code"] == "invalid_image"
-    assert max(p["timings"]["batch_size"] for p in preds[:-1]) > 1
+    # An idle worker runs the first job at once; the rest batch behind it, unless this busy
+    # machine delays their messages past its forward pass: send again until one batched.
+    for _ in range(4):
+        resp = httpx.post(f"{stack.url}/v1/predict", files=parts, data=data, timeout=300)
+        assert resp.status_code == 200, resp.text
+        preds = resp.json()["predictions"]
+        assert preds[-1]["error"]["code"] == "invalid_image"
+        if max(p["timings"]["batch_size"] for p in preds) > 1:
+            break
+    assert max(p["timings"].get("batch_size", 0) for p in preds) > 1
     for pred, ref in zip(preds[:-1], refs, strict=True):
         _check(name, pred["result"], ref)
     if name == TEST_MODEL:

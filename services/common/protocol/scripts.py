@@ -16,7 +16,12 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from services.common.protocol.keys import DONE_CHANNEL, QUEUED_INDEX, job_pairs
+from services.common.protocol.keys import (
+    DONE_CHANNEL,
+    QUEUED_INDEX,
+    RATE_LIMIT_PREFIX,
+    job_pairs,
+)
 
 _LUA = Path(__file__).with_name("lua")
 
@@ -135,3 +140,16 @@ async def cancel_jobs(
     keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs(job_ids)]
     raw = await client.register_script(CANCEL_LUA)(keys=keys, args=[result_ttl_s, *job_ids])
     return [int(x) for x in raw]
+
+
+RATE_LIMIT_LUA = _text("rate_limit", ends_jobs=False)
+
+
+async def take_token(
+    client: aioredis.Redis, bucket: str, *, interval_ms: float, tolerance_ms: float
+) -> tuple[bool, int]:
+    """Take one request from a rate-limit bucket: (allowed, ms to wait when not)."""
+    allowed, wait_ms = await client.register_script(RATE_LIMIT_LUA)(
+        keys=[RATE_LIMIT_PREFIX + bucket], args=[interval_ms, tolerance_ms]
+    )
+    return bool(int(allowed)), int(wait_ms)

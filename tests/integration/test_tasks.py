@@ -34,7 +34,7 @@ from tests.images import jpeg
 from tests.integration.conftest import stack_env
 from tests.integration.helpers import files
 from tests.integration.stack import ROOT, Stack
-from tests.integration.test_ui import page as chromium_page  # noqa: F401  (fixture "page")
+from tests.integration.test_ui import ARGS, CHROMIUM
 
 EMBEDDER = "mobilenet_v3_small_embedding"
 DETECTOR = "ssdlite320_mobilenet_v3_large"
@@ -193,7 +193,7 @@ def test_served_equals_torchvision_batched_and_alone(
         assert resp.status_code == 200, resp.text
         preds = resp.json()["predictions"]
         assert preds[-1]["error"]["code"] == "invalid_image"
-        if max(p["timings"]["batch_size"] for p in preds) > 1:
+        if max(p["timings"].get("batch_size", 0) for p in preds) > 1:
             break
     assert max(p["timings"].get("batch_size", 0) for p in preds) > 1
     for pred, ref in zip(preds[:-1], refs, strict=True):
@@ -299,6 +299,20 @@ def test_the_worked_example_handler_is_served(task_stack: tuple[Stack, dict[str,
         timeout=60,
     )
     assert bad.status_code == 422 and "digits" in bad.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    """A headless Chromium page, as in test_ui.py; skips where either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at /usr/bin/chromium: apt-get install chromium (.ci/run does)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
 
 
 def test_upload_page_draws_detection_boxes(

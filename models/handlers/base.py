@@ -58,6 +58,9 @@ class HandlerOptions:
     channels_last: bool = True
     compile: bool = False
     gpu_decode: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels flattened onto it
+    accepted_formats: tuple[str, ...] | None = None  # None: every format this build reads
+    fast_decode: bool = False  # libjpeg DCT scaling for JPEGs larger than the model needs
 
 
 class Handler:
@@ -108,7 +111,12 @@ class Handler:
         """The upload as the user sees it: RGB, oriented, full size (pixel cap enforced)."""
         from models.preprocess import decode_image
 
-        return decode_image(data, max_pixels=self.options.max_image_pixels)
+        return decode_image(
+            data,
+            max_pixels=self.options.max_image_pixels,
+            background=self.options.background,
+            formats=self.options.accepted_formats,
+        )
 
     def load_model(self, spec: ModelSpec, device: Any) -> LoadedModel:
         """The spec's module in eval mode on ``device``, through the usual weights order."""

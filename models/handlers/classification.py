@@ -50,7 +50,11 @@ class ClassificationHandler(Handler):
                 from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
 
                 self._decode = make_gpu_decoder(
-                    spec.preprocess, self.options.max_image_pixels, device
+                    spec.preprocess,
+                    self.options.max_image_pixels,
+                    device,
+                    background=self.options.background,
+                    formats=self.options.accepted_formats,
                 )
                 self._stack = partial(stack_batch, device=device)
             else:
@@ -62,7 +66,12 @@ class ClassificationHandler(Handler):
 
     def _decode_cpu(self, data: bytes) -> np.ndarray:
         return decode_and_preprocess(
-            data, self.spec.preprocess, max_pixels=self.options.max_image_pixels
+            data,
+            self.spec.preprocess,
+            max_pixels=self.options.max_image_pixels,
+            background=self.options.background,
+            formats=self.options.accepted_formats,
+            fast_decode=self.options.fast_decode,
         )
 
     def decode(self, data: bytes, params: Any) -> Any:

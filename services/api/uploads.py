@@ -26,6 +26,7 @@ from models.handlers.params import (
 from models.handlers.registry import params_class
 from models.preprocess import check_image
 from models.specs import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess
+from services.api.metrics import API_METRICS
 from services.common.errors import (
     ModelNotFound,
     PayloadTooLarge,
@@ -136,8 +137,24 @@ async def read_form(
 ) -> SubmitForm:
     """Parse, limit and validate the form; raise a VisionqError for anything wrong.
 
-    ``model`` overrides the form's (a batch keeps the model it was created with).
+    ``model`` overrides the form's (a batch keeps the model it was created with). A refusal
+    counts in ``visionq_jobs_rejected_total`` by its error code (400, 413, 415, 422).
     """
+    label = [model or ""]  # the form's model once it is parsed, to label a refusal
+    try:
+        return await _read_form(request, settings, registry, model, label)
+    except VisionqError as exc:
+        API_METRICS.count_rejected(label[0], exc.code)
+        raise
+
+
+async def _read_form(
+    request: Request,
+    settings: ApiSettings,
+    registry: dict[str, ModelSpec],
+    model: str | None,
+    label: list[str],
+) -> SubmitForm:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
@@ -152,6 +169,7 @@ async def read_form(
             ) from exc
         raise RequestInvalid(f"malformed multipart body: {exc.detail}") from exc
     try:
+        label[0] = model or _text(form, "model") or settings.default_model
         return await _check(form, settings, registry, model)
     finally:
         await form.close()
@@ -172,7 +190,9 @@ async def _check(
         name = safe_filename(part.filename, index)
         data = await part.read()
         try:
-            info = check_image(data, max_pixels=settings.max_image_pixels)
+            info = check_image(
+                data, max_pixels=settings.max_image_pixels, formats=settings.accepted_formats
+            )
         except VisionqError as exc:
             exc.message = f"{name}: {exc.message}"
             exc.details["filename"] = name

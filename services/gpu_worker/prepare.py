@@ -55,6 +55,8 @@ class Prepared:
     ended: list[tuple[WorkItem, Outcome]]
     claimed_at: float  # wall clock, to compute queue wait
     batch_wait_ms: float
+    batch_id: str = ""  # names the batch in logs and traces
+    trace: Any = None  # a job_trace.BatchTrace when tracing is on
 
 
 # The handler's decode(data, params) -> item, possibly wrapped by the runtime.
@@ -152,7 +154,9 @@ def build_prepared(
         if isinstance(error, VisionqError):
             outcome = _failure(item, claim, error.code, error.message, ms)
         else:
-            logger.warning("decoding job %s failed: %r", item.job_id, error)
+            logger.warning(
+                "decoding job %s failed: %r", item.job_id, error, extra={"job_id": item.job_id}
+            )
             outcome = _failure(item, claim, "invalid_image", f"cannot decode: {error}", ms)
         prepared.ended.append((item, outcome))
     return prepared, skipped

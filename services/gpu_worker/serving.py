@@ -59,6 +59,9 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         channels_last=settings.channels_last,
         compile=settings.compile,
         gpu_decode=settings.gpu_decode,
+        background=settings.background_rgb,
+        accepted_formats=tuple(settings.accepted_formats),
+        fast_decode=settings.fast_decode,
     )
 
 

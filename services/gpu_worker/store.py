@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 import redis
 
-from services.common.jobs import Status
+from services.common.jobs import Status, job_key
 from services.common.protocol.scripts import ClaimReply, JobEnd, claim_jobs, finish_jobs
 
 logger = logging.getLogger(__name__)

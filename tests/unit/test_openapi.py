@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from models.handlers.params import ClassificationParams
 from services.api.app import create_app
-from services.api.uploads import PredictFields
+from services.api.uploads import BUILTIN_PARAMS, PredictFields
 from services.common.settings import ApiSettings
 
 SPEC: dict[str, Any] = create_app(ApiSettings()).openapi()
@@ -42,14 +43,18 @@ def test_every_answer_has_a_schema_and_every_error_is_the_error_body(
     assert "HTTPValidationError" not in SPEC["components"]["schemas"]  # 422 is ours too
 
 
-def test_upload_form_comes_from_its_model() -> None:
+def test_upload_form_comes_from_its_models() -> None:
     body = SPEC["paths"]["/v1/predict"]["post"]["requestBody"]
     schema = body["content"]["multipart/form-data"]["schema"]
-    assert set(schema["properties"]) == set(PredictFields.model_fields)
+    # The form's own fields, then every built-in handler's params.
+    assert set(PredictFields.model_fields) <= set(schema["properties"])
+    for params in BUILTIN_PARAMS:
+        assert set(params.model_fields) <= set(schema["properties"]), params.__name__
     assert schema["required"] == ["file"]
     assert schema["properties"]["file"]["items"]["format"] == "binary"
     top_k = schema["properties"]["top_k"]
-    assert (top_k["minimum"], top_k["maximum"], top_k["default"]) == (1, 1000, 5)
+    field = ClassificationParams.model_fields["top_k"]
+    assert top_k["default"] == field.default and top_k["type"] == "integer"
     # A batch has the same form without a deadline.
     batch = SPEC["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]
-    assert set(batch["schema"]["properties"]) == set(PredictFields.model_fields) - {"timeout"}
+    assert set(batch["schema"]["properties"]) == set(schema["properties"]) - {"timeout"}

@@ -156,6 +156,11 @@ def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
     properties = schema["properties"]
     for params in BUILTIN_PARAMS:
         for name, prop in _form_schema(params.model_json_schema())["properties"].items():
+            # No "default": a generated client would send it to every model, and a model
+            # refuses another task's params (422). The handler applies its own default.
+            if "default" in prop:
+                default = prop.pop("default")
+                prop["description"] = f"{prop.get('description', name)} (default {default})"
             properties.setdefault(name, prop)
     return {
         "requestBody": {

@@ -59,7 +59,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from services.common.settings import get_api_settings
 
+    from services.common.ports import PortUse, check_ports
+
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
+    uses = [PortUse(args.host, args.port, "API", "--port")]
+    if settings.metrics_address is not None:
+        host, port = settings.metrics_address
+        uses.append(PortUse(host, port, "API metrics", "VISIONQ_METRICS_BIND"))
+    check_ports(uses)  # uvicorn would log the bind error and then hang in its shutdown
     _fresh_multiproc_dir(args.workers)
     uvicorn.run(
         "services.api.app:create_app",

@@ -57,9 +57,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Run the API server in this process (or in ``--workers`` uvicorn processes)."""
     import uvicorn
 
-    from services.common.settings import get_api_settings
-
     from services.common.ports import PortUse, check_ports
+    from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
     uses = [PortUse(args.host, args.port, "API", "--port")]

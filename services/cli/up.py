@@ -90,10 +90,10 @@ def wait_ready(sup: Supervisor, url: str, timeout_s: float, run_token: str = "")
             if ended:
                 e = ended[0]
                 return f"{e.name} ended with {describe_returncode(e.returncode)} before ready"
-            reason = _identity_problem(client, url, run_token) if run_token else None
-            if reason is not None and "another server" in reason:
-                return reason
-            reason = reason or _readyz_reason(client, url) or ""
+            foreign = _identity_problem(client, url, run_token) if run_token else None
+            if foreign is not None and "another server" in foreign:
+                return foreign
+            reason = foreign or _readyz_reason(client, url) or ""
             if not reason:
                 return None
             now = time.monotonic()

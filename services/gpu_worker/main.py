@@ -24,9 +24,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from prometheus_client import start_http_server
 
     from models.specs import load_registry
-    from services.common.ports import PortUse, describe_taken
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
+    from services.common.ports import PortUse, describe_taken
     from services.common.settings import get_worker_settings
     from services.gpu_worker.broker import TRANSPORT_PATH
     from services.gpu_worker.gpu_stats import start_gpu_sampler

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 class _Foreign(http.server.BaseHTTPRequestHandler):
     """Something else on the port: answers 200 '{}' to everything, like a stranger's API."""
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         body = b'{"status": "ready"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

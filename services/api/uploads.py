@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -33,13 +33,41 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A file part refused by its content alone: its position, name and the error."""
+
+    index: int
+    filename: str
+    error: VisionqError
+
+    def to_api(self) -> dict[str, Any]:
+        """``{"filename", "error": {"code", "message"}}``: the per-file entry of an answer."""
+        return {
+            "filename": self.filename,
+            "error": {"code": self.error.code, "message": self.error.message},
+        }
+
+
+@dataclass(frozen=True)
 class SubmitForm:
-    """The checked form of POST /v1/predict and /v1/jobs."""
+    """The checked form of POST /v1/predict and /v1/jobs.
+
+    ``files`` are the accepted images; ``refused`` the parts refused for their own content
+    (invalid, unsupported, too many pixels). Both keep upload order; ``order()`` merges them.
+    """
 
     model: str
     top_k: int
     timeout: float | None
     files: list[Upload]
+    refused: list[Refusal] = field(default_factory=list)
+
+    def order(self) -> list[Upload | Refusal]:
+        """Accepted and refused parts merged back into upload order."""
+        refused = {r.index: r for r in self.refused}
+        accepted = iter(self.files)
+        total = len(self.files) + len(self.refused)
+        return [refused[i] if i in refused else next(accepted) for i in range(total)]
 
 
 def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
@@ -96,6 +124,7 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
     if not parts:
         raise RequestInvalid("no 'file' part: upload at least one image")
     uploads: list[Upload] = []
+    refused: list[Refusal] = []
     for index, part in enumerate(parts):
         if not isinstance(part, UploadFile):
             raise RequestInvalid("'file' must be a file part, not a text field")
@@ -104,11 +133,19 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
         try:
             info = check_image(data, max_pixels=settings.max_image_pixels)
         except VisionqError as exc:
+            # One bad file never fails the good ones sent with it: it gets its own entry.
             exc.message = f"{name}: {exc.message}"
             exc.details["filename"] = name
-            raise
+            refused.append(Refusal(index, name, exc))
+            continue
         uploads.append(Upload(name, data, info.format))
-    return SubmitForm(model=model, top_k=top_k, timeout=timeout, files=uploads)
+    if not uploads:
+        # Nothing to run: the request fails with the first file's own status and code.
+        first = refused[0].error
+        if len(refused) > 1:
+            first.details["refused"] = [r.to_api() for r in refused]
+        raise first
+    return SubmitForm(model=model, top_k=top_k, timeout=timeout, files=uploads, refused=refused)
 
 
 def _text(form: FormData, name: str) -> str | None:

@@ -147,6 +147,7 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
         raise
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
     body["status_url"] = f"/v1/batches/{batch_id}"
+    body["refused"] = [r.to_api() for r in form.refused]
     return JSONResponse(body, status_code=201)
 
 
@@ -159,7 +160,8 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
     form = await read_form(request, state.settings)
     form = dataclasses.replace(form, model=meta["model"], top_k=int(meta["top_k"]))
     total = await _add(state, batch_id, form)
-    return {"batch_id": batch_id, "added": len(form.files), "total": total}
+    refused = [r.to_api() for r in form.refused]
+    return {"batch_id": batch_id, "added": len(form.files), "total": total, "refused": refused}
 
 
 @router.get("/{batch_id}")

@@ -21,12 +21,14 @@ from services.client.errors import (
 from services.client.sync import Client
 from services.client.types import (
     BatchStatus,
+    BatchUpload,
     Job,
     JobRef,
     Label,
     ModelInfo,
     Prediction,
     PredictResult,
+    Refusal,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ApiTimeout",
     "AsyncClient",
     "BatchStatus",
+    "BatchUpload",
     "Client",
     "ClientError",
     "FileInput",
@@ -44,6 +47,7 @@ __all__ = [
     "ModelInfo",
     "PredictResult",
     "Prediction",
+    "Refusal",
     "RetryPolicy",
     "RetryableError",
     "TransportError",

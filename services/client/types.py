@@ -158,3 +158,29 @@ class ModelInfo:
             live_workers=int(raw.get("live_workers", 0)),
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file the server refused for its own content (the others were accepted)."""
+
+    filename: str
+    code: str
+    message: str
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Refusal:
+        """Build from ``{"filename", "error": {"code", "message"}}``."""
+        err = raw.get("error") or {}
+        return cls(
+            str(raw.get("filename", "")), str(err.get("code", "")), str(err.get("message", ""))
+        )
+
+
+@dataclass(frozen=True)
+class BatchUpload:
+    """What ``create_batch`` queued: the batch id, how many files it holds, what was refused."""
+
+    batch_id: str
+    added: int
+    refused: list[Refusal] = field(default_factory=list)

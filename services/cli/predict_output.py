@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,26 +88,71 @@ def is_csv(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
 
-def done_paths(path: Path) -> set[str]:
-    """Absolute paths that already have a successful record in ``path`` (for --resume)."""
-    if not path.exists():
-        return set()
-    done: set[str] = set()
+# Errors that come from the file itself: sending it again gives the same answer. Anything
+# else (timeouts, 429/503, connection errors, an expired or lost job) is worth another try.
+PERMANENT_ERRORS = frozenset({"invalid_image", "unsupported_media_type", "payload_too_large"})
+
+
+def _record_state(status: str, code: str) -> str:
+    if status == "ok":
+        return "ok"
+    return "permanent" if code in PERMANENT_ERRORS else "transient"
+
+
+def _read_rows(path: Path) -> list[tuple[str, str, str]]:
+    """(absolute path, state, the row as written) for every complete row, in file order."""
+    rows: list[tuple[str, str, str]] = []
     with path.open(encoding="utf-8", newline="") as stream:
         if is_csv(path):
             for row in csv.DictReader(stream):
                 # A row cut short by an interrupted run has no status: send that file again.
-                if row.get("status") == "ok" and row.get("path"):
-                    done.add(str(Path(row["path"]).resolve()))
-            return done
+                if row.get("status") not in ("ok", "failed") or not row.get("path"):
+                    continue
+                state = _record_state(row["status"], row.get("error_code") or "")
+                line = _csv_line(row)
+                rows.append((str(Path(row["path"]).resolve()), state, line))
+            return rows
         for line in stream:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by an interrupted run
-            if isinstance(record, dict) and "error" not in record and record.get("path"):
-                done.add(str(Path(record["path"]).resolve()))
-    return done
+            if not isinstance(record, dict) or not record.get("path"):
+                continue
+            error = record.get("error")
+            code = str(error.get("code", "")) if isinstance(error, dict) else ""
+            state = _record_state("failed" if error else "ok", code)
+            rows.append((str(Path(record["path"]).resolve()), state, line.rstrip("\n") + "\n"))
+    return rows
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+    return buf.getvalue()
+
+
+def prepare_resume(path: Path, retry_failed: bool) -> set[str]:
+    """Absolute paths that are done in ``path``; the file keeps one row for each, no other.
+
+    Done means a result, or a permanent failure (the file itself is bad) unless
+    ``retry_failed``. Rows of files to send again are dropped (and duplicates, the last row
+    wins), so the appended answers leave exactly one row per file.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    latest: dict[str, tuple[str, str]] = {}
+    for key, state, line in _read_rows(path):
+        latest[key] = (state, line)
+    done = {k: line for k, (state, line) in latest.items()
+            if state == "ok" or (state == "permanent" and not retry_failed)}  # fmt: skip
+    tmp = path.with_name(path.name + ".resume-tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as stream:
+        if is_csv(path):
+            csv.DictWriter(stream, CSV_COLUMNS).writeheader()
+        stream.writelines(done.values())
+    os.replace(tmp, path)  # never a half-rewritten results file
+    return set(done)
 
 
 @contextmanager

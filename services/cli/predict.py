@@ -132,7 +132,7 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
     pred = result.predictions[0]
     if pred.error is not None:
         return {"path": str(path), "filename": path.name, "error": pred.error}
-    return {
+    record: Record = {
         "path": str(path),
         "filename": path.name,
         "model": result.model,
@@ -140,6 +140,9 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
         "top_k": [{"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k],
         "timings": pred.timings,
     }
+    if pred.random_weights:
+        record["random_weights"] = True
+    return record
 
 
 class Unreachable(Exception):

@@ -30,6 +30,7 @@ class Prediction:
     top_k: list[Label]
     timings: dict[str, Any]
     error: dict[str, Any] | None = None
+    random_weights: bool = False  # the model ran on random weights: labels mean nothing
 
     @property
     def ok(self) -> bool:
@@ -45,6 +46,7 @@ class Prediction:
             top_k=_labels(raw.get("top_k")),
             timings=dict(raw.get("timings") or {}),
             error=raw.get("error"),
+            random_weights=bool(raw.get("random_weights", False)),
         )
 
 
@@ -76,6 +78,7 @@ class Job:
     top_k: list[Label] = field(default_factory=list)
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = False  # the model ran on random weights: labels mean nothing
 
     ENDED = frozenset({"succeeded", "failed", "expired", "cancelled"})
 
@@ -96,6 +99,7 @@ class Job:
             top_k=_labels(result.get("top_k")),
             error=raw.get("error"),
             timings=dict(raw.get("timings") or {}),
+            random_weights=bool(raw.get("random_weights", False)),
         )
 
 

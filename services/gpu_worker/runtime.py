@@ -181,6 +181,11 @@ class Runtime:
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
             stack=served.stack,
         )
+        if served.loaded.source.is_random:
+            # Honest output: every answer from random weights says so (see JobRecord.to_api).
+            for outcome in outcomes:
+                if outcome.result is not None:
+                    outcome.result["random_weights"] = True
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
         stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)

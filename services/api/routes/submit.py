@@ -29,6 +29,8 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
     out: dict[str, Any] = {"filename": filename, "job_id": job_id}
     if record.status == Status.SUCCEEDED and record.result is not None:
         out["top_k"] = record.result.get("top_k", [])
+        if record.result.get("random_weights"):
+            out["random_weights"] = True
     else:
         out["error"] = record.error or {"code": record.status, "message": f"job {record.status}"}
     out["timings"] = record.timings

@@ -116,13 +116,12 @@ class AsyncClient:
     async def submit(
         self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
     ) -> list[JobRef]:
-        """Queue the files as interactive jobs; their ids to poll."""
+        """Queue the files as interactive jobs: a ref per file, in upload order (a refused
+        file has ``error`` instead of an id)."""
         resp = await self._request(
             "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
         )
-        return [
-            JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
-        ]
+        return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
     async def job(self, job_id: str) -> Job:
         """A job's status, result or error, and timings."""

@@ -115,13 +115,12 @@ class Client:
     def submit(
         self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
     ) -> list[JobRef]:
-        """Queue the files as interactive jobs; their ids to poll."""
+        """Queue the files as interactive jobs: a ref per file, in upload order (a refused
+        file has ``error`` instead of an id)."""
         resp = self._request(
             "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
         )
-        return [
-            JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
-        ]
+        return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
     def job(self, job_id: str) -> Job:
         """A job's status, result or error, and timings."""

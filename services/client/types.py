@@ -60,11 +60,27 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class JobRef:
-    """A queued job as POST /v1/jobs reports it."""
+    """A queued job as POST /v1/jobs reports it; a refused file has ``error`` and no id."""
 
     job_id: str
     filename: str
     status_url: str
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was queued."""
+        return self.error is None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> JobRef:
+        """Build from one entry of ``jobs``."""
+        return cls(
+            job_id=str(raw.get("job_id", "")),
+            filename=str(raw.get("filename", "")),
+            status_url=str(raw.get("status_url", "")),
+            error=raw.get("error"),
+        )
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,15 @@ def test_async_create_batch_follows_the_same_rule(stack: Stack) -> None:
 
     batch_id, added, refused = asyncio.run(go())
     assert len(batch_id) == 32 and added == 1 and refused == ["x.txt", "y.txt"]
+
+
+def test_submit_and_predict_follow_the_multi_file_rule(stack: Stack) -> None:
+    files = [("a.jpg", jpeg(1, (48, 48))), ("bad.txt", b"text"), ("b.jpg", jpeg(2, (48, 48)))]
+    with Client(stack.url) as client:
+        refs = client.submit(files, model=TEST_MODEL)
+        result = client.predict(files, model=TEST_MODEL)
+    assert [r.filename for r in refs] == ["a.jpg", "bad.txt", "b.jpg"]
+    assert [r.ok for r in refs] == [True, False, True]
+    assert refs[1].error is not None and refs[1].error["code"] == "unsupported_media_type"
+    assert [p.ok for p in result.predictions] == [True, False, True]
+    assert result.predictions[1].error == refs[1].error

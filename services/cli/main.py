@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
@@ -57,25 +58,33 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Run the API server in this process (or in ``--workers`` uvicorn processes)."""
     import uvicorn
 
-    from services.common.ports import PortUse, check_ports
+    from services.common.ports import PortUse, bind_listener, check_ports
     from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
-    uses = [PortUse(args.host, args.port, "API", "--port")]
+    api = PortUse(args.host, args.port, "API", "--port")
+    uses = [api]
     if settings.metrics_address is not None:
         host, port = settings.metrics_address
         uses.append(PortUse(host, port, "API metrics", "VISIONQ_METRICS_BIND"))
-    check_ports(uses)  # uvicorn would log the bind error and then hang in its shutdown
+    check_ports(uses)
     _fresh_multiproc_dir(args.workers)
-    uvicorn.run(
-        "services.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-    )
-    return 0
+    app = "services.api.app:create_app"
+    log_level = settings.log_level.lower()
+    if args.workers > 1:
+        # uvicorn binds the port in this process, before any app starts, and exits on failure.
+        uvicorn.run(app, factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level=log_level)  # fmt: skip
+        return 0
+    # One process: bind before uvicorn starts the app. A bind failure inside uvicorn comes
+    # after the lifespan started, and its shutdown can hang with Redis connected.
+    sock = bind_listener(api)
+    config = uvicorn.Config(app, factory=True, host=args.host, port=args.port,
+                            log_level=log_level)  # fmt: skip
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0 if server.started else 3  # 3: uvicorn's own code for a failed start-up
 
 
 def _fresh_multiproc_dir(workers: int) -> Path | None:

@@ -113,6 +113,8 @@ def test_phone_width_no_console_errors_visible_bars(
     page.screenshot(path=str(shots / "upload-page-390px.png"), full_page=True)
 
     assert problems == []  # favicon included: no 404 for /favicon.ico
+    assert not page.locator("#random").is_visible()  # trained weights: no banner
+    assert page.locator(".card.random").count() == 0
     # Usable at 390 px: nothing wider than the screen, every control inside it.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for selector in ("#model", "#topk", "#apikey", "#files", "#drop", ".card >> nth=0"):

@@ -60,19 +60,17 @@ def _readyz_reason(client: httpx.Client, url: str) -> str | None:
     return f"/readyz answered {resp.status_code}: {detail}"
 
 
-def _identity_problem(client: httpx.Client, url: str, run_token: str) -> str | None:
-    """Why the server at ``url`` is not the API this run started (None when it is ours)."""
+def _answered_by_us(client: httpx.Client, url: str, run_token: str) -> bool | None:
+    """Whether /healthz at ``url`` echoes ``run_token``; None while nothing answers there."""
     try:
         resp = client.get(f"{url}/healthz")
-    except httpx.HTTPError as exc:
-        return f"API not answering ({type(exc).__name__})"
-    try:
-        token = resp.json().get("run_token") if resp.status_code == 200 else None
-    except (ValueError, AttributeError):
-        token = None
-    if token == run_token:
+    except httpx.HTTPError:
         return None
-    return f"{url} is answered by another server, not the API this run started"
+    try:
+        body = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        body = None
+    return isinstance(body, dict) and body.get("run_token") == run_token
 
 
 def wait_ready(sup: Supervisor, url: str, timeout_s: float, run_token: str = "") -> str | None:
@@ -90,10 +88,9 @@ def wait_ready(sup: Supervisor, url: str, timeout_s: float, run_token: str = "")
             if ended:
                 e = ended[0]
                 return f"{e.name} ended with {describe_returncode(e.returncode)} before ready"
-            foreign = _identity_problem(client, url, run_token) if run_token else None
-            if foreign is not None and "another server" in foreign:
-                return foreign
-            reason = foreign or _readyz_reason(client, url) or ""
+            if run_token and _answered_by_us(client, url, run_token) is False:
+                return f"{url} is answered by another server, not the API this run started"
+            reason = _readyz_reason(client, url) or ""
             if not reason:
                 return None
             now = time.monotonic()

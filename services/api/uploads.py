@@ -131,7 +131,9 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
         name = safe_filename(part.filename, index)
         data = await part.read()
         try:
-            info = check_image(data, max_pixels=settings.max_image_pixels)
+            info = check_image(
+                data, max_pixels=settings.max_image_pixels, formats=settings.accepted_formats
+            )
         except VisionqError as exc:
             # One bad file never fails the good ones sent with it: it gets its own entry.
             exc.message = f"{name}: {exc.message}"

@@ -30,10 +30,9 @@ from rich.text import Text
 
 from services.cli.predict_output import Sink, open_sink, prepare_resume
 from services.cli.predict_summary import Summary, resume_command
-from services.client import ApiError, AsyncClient, ClientError, RetryPolicy
+from services.client import IMAGE_SUFFIXES, ApiError, AsyncClient, ClientError, RetryPolicy
 from services.common.errors import ConfigError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 _GLOB_CHARS = frozenset("*?[")
 
 Record = dict[str, Any]
@@ -265,7 +264,8 @@ def run_command(
     non_images: list[Path] = []
     files = collect_images(paths, non_images.append)
     if not files:
-        raise ConfigError("no images found (looked for .jpg, .jpeg, .png, .webp files)")
+        looked = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ConfigError(f"no images found (looked for {looked} files)")
     if resume and out is None:
         raise ConfigError("--resume needs --out: it skips the files already done there")
     skipped = 0

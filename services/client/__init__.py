@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from services.client._shared import DEFAULT_URL, FileInput, RetryPolicy
+from services.client._shared import DEFAULT_URL, IMAGE_SUFFIXES, FileInput, RetryPolicy
 from services.client.aio import AsyncClient
 from services.client.errors import (
     ApiError,
@@ -33,6 +33,7 @@ from services.client.types import (
 
 __all__ = [
     "DEFAULT_URL",
+    "IMAGE_SUFFIXES",
     "ApiError",
     "ApiTimeout",
     "AsyncClient",

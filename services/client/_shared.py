@@ -21,6 +21,11 @@ FileInput = str | os.PathLike[str] | tuple[str, bytes]
 Parts = list[tuple[str, tuple[str, bytes, str]]]
 
 RETRY_STATUSES = frozenset({429, 503})
+# File name endings of every format the server may accept (compare lower-cased); the server
+# decides by content (415 for a format it does not accept).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

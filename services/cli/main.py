@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from services.common.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _positive_int(text: str) -> int:
@@ -70,18 +69,25 @@ def cmd_api(args: argparse.Namespace) -> int:
     check_ports(uses)
     _fresh_multiproc_dir(args.workers)
     app = "services.api.app:create_app"
-    log_level = settings.log_level.lower()
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level.lower(),
+        # uvicorn's own config would give its loggers their own text handlers; without it
+        # they reach the root handler that services.common.logs set up (text or JSON).
+        "log_config": None,
+        # One INFO line per request buries what matters; DEBUG brings them back.
+        "access_log": settings.log_level == "DEBUG",
+    }
     if args.workers > 1:
         # uvicorn binds the port in this process, before any app starts, and exits on failure.
-        uvicorn.run(app, factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=log_level)  # fmt: skip
+        uvicorn.run(app, workers=args.workers, **options)
         return 0
     # One process: bind before uvicorn starts the app. A bind failure inside uvicorn comes
     # after the lifespan started, and its shutdown can hang with Redis connected.
     sock = bind_listener(api)
-    config = uvicorn.Config(app, factory=True, host=args.host, port=args.port,
-                            log_level=log_level)  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     return 0 if server.started else 3  # 3: uvicorn's own code for a failed start-up
@@ -308,13 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_level() -> str:
+def _configure_logging() -> None:
+    from services.common import logs
     from services.common.settings import get_api_settings
 
     try:
-        return get_api_settings().log_level
+        settings = get_api_settings()
     except ConfigError:
-        return "INFO"  # the command that needs the settings reports what is wrong
+        # The command that needs the settings reports what is wrong.
+        logs.configure("INFO", "text")
+        return
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,9 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The command line as given, for commands that print how to run themselves again.
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=_log_level(), format=_LOG_FORMAT)
-    # One INFO line per HTTP request would drown the readiness and progress output.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _configure_logging()
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -58,6 +58,9 @@ class CommonSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0)
     redis_timeout_s: float = Field(2.0, gt=0, le=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with job and batch ids"
+    )
     accepted_formats: CommaList = Field(
         default_factory=lambda: list(available_formats()),
         description="image formats accepted (sniffed); default: every one this install reads",
@@ -235,7 +238,7 @@ class WorkerSettings(CommonSettings):
     device: str = "auto"
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_port: int = Field(18100, ge=0, le=65535)
     metrics_host: str = Field("0.0.0.0", description="bind address of the worker's /metrics")
     worker_index: int = Field(0, ge=0, le=1000)
     torch_threads: int = Field(0, ge=0, le=256, description="0 picks from the core count")

@@ -154,6 +154,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return print_models(get_api_settings(), sys.stdout)
 
 
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Send images to the API."""
     from services.cli.predict import PredictOptions, run_command
@@ -167,6 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         retries=args.retries,
         retry_failed=args.retry_failed,
+        params=dict(args.param or []),
     )
     return run_command(args.paths, opts, args.out, args.resume, sys.stdout, args.argv)
 
@@ -251,14 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not rewrite deploy/prometheus/targets/workers.yml",
     )
 
-    p = add("predict", cmd_predict, "classify files, folders (recursive) or globs via the API")
+    p = add(
+        "predict", cmd_predict, "run a model on files, folders (recursive) or globs via the API"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument(
         "--top-k",
         type=_positive_int,
         default=None,
-        help="labels per image (default: the server's, 5)",
+        help="labels per image, classifiers (default: the server's, 5)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        metavar="NAME=VALUE",
+        help="a model parameter (GET /v1/models lists them), e.g. score_threshold=0.3",
     )
     p.add_argument(
         "--url",

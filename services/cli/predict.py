@@ -10,7 +10,7 @@ import asyncio
 import glob
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,9 +28,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from services.cli.predict_output import Sink, open_sink, prepare_resume
+from services.cli.predict_output import CSV_TASKS, Sink, is_csv, open_sink, prepare_resume
 from services.cli.predict_summary import Summary, resume_command
-from services.client import IMAGE_SUFFIXES, ApiError, AsyncClient, ClientError, RetryPolicy
+from services.client import (
+    IMAGE_SUFFIXES,
+    ApiError,
+    AsyncClient,
+    Client,
+    ClientError,
+    RetryPolicy,
+)
 from services.common.errors import ConfigError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -103,6 +110,7 @@ class PredictOptions:
     api_key: str | None = None
     retries: int = 3
     retry_failed: bool = False
+    params: dict[str, str] = field(default_factory=dict)  # the model's own options
 
 
 def _error(path: Path, code: str, message: str) -> Record:
@@ -117,7 +125,11 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
         return _error(path, "read_error", str(exc))
     try:
         result = await client.predict(
-            [(path.name, data)], model=opts.model, top_k=opts.top_k, timeout=opts.timeout_s
+            [(path.name, data)],
+            model=opts.model,
+            top_k=opts.top_k,
+            timeout=opts.timeout_s,
+            params=opts.params,
         )
     except ApiError as exc:
         return _error(path, exc.code, exc.message)
@@ -136,9 +148,13 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
         "filename": path.name,
         "model": result.model,
         "job_id": pred.job_id,
-        "top_k": [{"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k],
-        "timings": pred.timings,
+        "result": pred.raw.get("result"),
     }
+    if "top_k" in pred.raw:  # classifiers: kept at the top level, as in the API
+        record["top_k"] = [
+            {"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k
+        ]
+    record["timings"] = pred.timings
     if pred.random_weights:
         record["random_weights"] = True
     return record
@@ -146,6 +162,21 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
 
 class Unreachable(Exception):
     """The API stopped answering: the run stops instead of failing every file slowly."""
+
+
+def check_csv_task(opts: PredictOptions) -> None:
+    """CSV holds classification and detection results only: refuse others before sending."""
+    try:
+        with Client(opts.url, api_key=opts.api_key, retry=RetryPolicy(retries=0)) as vq:
+            models = vq.models()
+    except ClientError:
+        return  # the files' own requests will report what is wrong with the server
+    chosen = next((m for m in models if (m.name == opts.model if opts.model else m.default)), None)
+    if chosen is not None and chosen.task not in CSV_TASKS:
+        raise ConfigError(
+            f"CSV output holds {' and '.join(CSV_TASKS)} results; model {chosen.name!r} is "
+            f"{chosen.task}: write JSON lines (--out results.jsonl)"
+        )
 
 
 async def _run(
@@ -275,6 +306,8 @@ def run_command(
         skipped, files = len(files) - len(kept), kept
     if files:
         check_reachable(opts.url, opts.api_key)
+    if files and out is not None and is_csv(Path(out)):
+        check_csv_task(opts)
     summary = Summary(total=len(files), skipped=skipped, non_images=len(non_images))
     code = 0
     lost: str | None = None

@@ -27,7 +27,13 @@ CSV_COLUMNS = [
     "batch_size",
     "inference_ms",
     "total_ms",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
 ]
+#: Tasks whose results fit CSV rows (one per file, or one per detected box).
+CSV_TASKS = ("classification", "detection")
 
 
 class Sink(Protocol):
@@ -50,7 +56,8 @@ class JsonlSink:
 
 
 class CsvSink:
-    """One CSV row per file: the best label in columns, all of top-k in one cell."""
+    """CSV rows: one per file for classifiers (best label in columns, all of top-k in one
+    cell), one per box for detectors (a file with no box still gets one row)."""
 
     def __init__(self, stream: TextIO, header: bool) -> None:
         self.stream = stream
@@ -60,8 +67,22 @@ class CsvSink:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write and flush one record."""
-        self.writer.writerow(csv_row(record))
+        self.writer.writerows(csv_rows(record))
         self.stream.flush()
+
+
+def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record as CSV rows: one per detected box, else one."""
+    row = csv_row(record)
+    detections = (record.get("result") or {}).get("detections")
+    if not detections:
+        return [row]
+    rows = []
+    for det in detections:
+        x1, y1, x2, y2 = det["box"]
+        box = {"x1": f"{x1:.2f}", "y1": f"{y1:.2f}", "x2": f"{x2:.2f}", "y2": f"{y2:.2f}"}
+        rows.append({**row, "label": det["label"], "score": f"{det['score']:.6f}", **box})
+    return rows
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +122,9 @@ def _record_state(status: str, code: str) -> str:
     return "permanent" if code in PERMANENT_ERRORS else "transient"
 
 
-def _read_rows(path: Path) -> list[tuple[str, str, str]]:
-    """(absolute path, state, the row as written) for every complete row, in file order."""
-    rows: list[tuple[str, str, str]] = []
+def _read_rows(path: Path) -> list[tuple[str, str, str, str]]:
+    """(absolute path, job id, state, the row as written) per complete row, in file order."""
+    rows: list[tuple[str, str, str, str]] = []
     with path.open(encoding="utf-8", newline="") as stream:
         if is_csv(path):
             for row in csv.DictReader(stream):
@@ -111,8 +132,8 @@ def _read_rows(path: Path) -> list[tuple[str, str, str]]:
                 if row.get("status") not in ("ok", "failed") or not row.get("path"):
                     continue
                 state = _record_state(row["status"], row.get("error_code") or "")
-                line = _csv_line(row)
-                rows.append((str(Path(row["path"]).resolve()), state, line))
+                key = str(Path(row["path"]).resolve())
+                rows.append((key, row.get("job_id") or "", state, _csv_line(row)))
             return rows
         for line in stream:
             try:
@@ -124,7 +145,8 @@ def _read_rows(path: Path) -> list[tuple[str, str, str]]:
             error = record.get("error")
             code = str(error.get("code", "")) if isinstance(error, dict) else ""
             state = _record_state("failed" if error else "ok", code)
-            rows.append((str(Path(record["path"]).resolve()), state, line.rstrip("\n") + "\n"))
+            key = str(Path(record["path"]).resolve())
+            rows.append((key, str(record.get("job_id", "")), state, line.rstrip("\n") + "\n"))
     return rows
 
 
@@ -138,21 +160,29 @@ def prepare_resume(path: Path, retry_failed: bool) -> set[str]:
     """Absolute paths that are done in ``path``; the file keeps one row for each, no other.
 
     Done means a result, or a permanent failure (the file itself is bad) unless
-    ``retry_failed``. Rows of files to send again are dropped (and duplicates, the last row
-    wins), so the appended answers leave exactly one row per file.
+    ``retry_failed``. Rows of files to send again are dropped (and duplicates: the last
+    answer wins), so the appended answers leave exactly one answer per file (one row, or a
+    detector's one row per box).
     """
     if not path.exists() or path.stat().st_size == 0:
         return set()
-    latest: dict[str, tuple[str, str]] = {}
-    for key, state, line in _read_rows(path):
-        latest[key] = (state, line)
-    done = {k: line for k, (state, line) in latest.items()
+    # path -> (job id, state, rows): the latest answer for each file. A detector's answer
+    # is several CSV rows (one per box) with one job id; they stay together.
+    latest: dict[str, tuple[str, str, list[str]]] = {}
+    for key, job_id, state, line in _read_rows(path):
+        previous = latest.get(key)
+        if previous is not None and job_id and previous[0] == job_id:
+            previous[2].append(line)
+        else:
+            latest[key] = (job_id, state, [line])
+    done = {k: lines for k, (_, state, lines) in latest.items()
             if state == "ok" or (state == "permanent" and not retry_failed)}  # fmt: skip
     tmp = path.with_name(path.name + ".resume-tmp")
     with tmp.open("w", encoding="utf-8", newline="") as stream:
         if is_csv(path):
             csv.DictWriter(stream, CSV_COLUMNS).writeheader()
-        stream.writelines(done.values())
+        for lines in done.values():
+            stream.writelines(lines)
     os.replace(tmp, path)  # never a half-rewritten results file
     return set(done)
 

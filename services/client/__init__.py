@@ -22,6 +22,11 @@ from services.client.sync import Client
 from services.client.types import (
     BatchStatus,
     BatchUpload,
+    Classification,
+    Custom,
+    Detection,
+    Detections,
+    Embedding,
     Job,
     JobRef,
     Label,
@@ -29,6 +34,10 @@ from services.client.types import (
     Prediction,
     PredictResult,
     Refusal,
+    Result,
+    Segmentation,
+    SegmentClass,
+    parse_result,
 )
 
 __all__ = [
@@ -39,8 +48,13 @@ __all__ = [
     "AsyncClient",
     "BatchStatus",
     "BatchUpload",
+    "Classification",
     "Client",
     "ClientError",
+    "Custom",
+    "Detection",
+    "Detections",
+    "Embedding",
     "FileInput",
     "Job",
     "JobRef",
@@ -49,7 +63,11 @@ __all__ = [
     "PredictResult",
     "Prediction",
     "Refusal",
+    "Result",
     "RetryPolicy",
     "RetryableError",
+    "SegmentClass",
+    "Segmentation",
     "TransportError",
+    "parse_result",
 ]

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -97,8 +97,13 @@ class AsyncClient:
         model: str | None = None,
         top_k: int | None = None,
         timeout: float | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> PredictResult:
-        """Upload and wait for the top-k of every file (ApiTimeout carries the job ids)."""
+        """Upload and wait for every file's result (ApiTimeout carries the job ids).
+
+        ``params`` are the model's own options (``GET /v1/models`` lists their schema), e.g.
+        ``{"score_threshold": 0.3}`` for a detector; ``top_k`` is the classifiers' one.
+        """
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = max(self._http.timeout.read or 0.0, timeout + 10.0)
@@ -106,7 +111,7 @@ class AsyncClient:
             "POST",
             "/v1/predict",
             files=file_parts(files),
-            data=form_fields(model, top_k, timeout),
+            data=form_fields(model, top_k, timeout, params),
             **kwargs,
         )
         body = json_body(resp)
@@ -114,12 +119,19 @@ class AsyncClient:
         return PredictResult(str(body.get("model", "")), preds)
 
     async def submit(
-        self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> list[JobRef]:
         """Queue the files as interactive jobs: a ref per file, in upload order (a refused
         file has ``error`` instead of an id)."""
         resp = await self._request(
-            "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
+            "POST",
+            "/v1/jobs",
+            files=file_parts(files),
+            data=form_fields(model, top_k, params=params),
         )
         return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
@@ -153,6 +165,7 @@ class AsyncClient:
         model: str | None = None,
         top_k: int | None = None,
         chunk_size: int = 32,
+        params: Mapping[str, Any] | None = None,
     ) -> BatchUpload:
         """Upload many files as one low-priority batch, ``chunk_size`` per request.
 
@@ -173,7 +186,7 @@ class AsyncClient:
                         "POST",
                         "/v1/batches",
                         files=file_parts(part),
-                        data=form_fields(model, top_k),
+                        data=form_fields(model, top_k, params=params),
                     )
                     body = json_body(resp)
                     batch_id = str(body["batch_id"])

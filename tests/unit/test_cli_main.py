@@ -103,8 +103,9 @@ def test_models_without_weights_lists_every_model_and_the_fix(
     monkeypatch.delenv("VISIONQ_MODELS_FILE", raising=False)
     assert main(["models"]) == 0  # a listing, not a failure
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:8]}
-    assert len(rows) == 7  # every built-in model, with its task and input size
+    table = out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[0]: line.split() for line in table}
+    assert len(rows) >= 7  # every built-in model, with its task and input size
     assert rows["resnet18"][1:5] == ["classification", "224x224", "yes", "MISSING"]
     assert "error:" not in out
     fix = next(line for line in out.splitlines() if line.strip().startswith("resnet18:"))
@@ -127,7 +128,8 @@ def test_models_names_where_each_source_is(
     monkeypatch.delenv("VISIONQ_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.delenv("VISIONQ_MODELS_FILE", raising=False)
     assert main(["models"]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:8]}
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[0]: line for line in table}
     assert "hub cache " + str(hub / "resnet18-f37072fd.pth") in rows["resnet18"]
     assert "file " + str(tmp_path / "w" / "resnet50.pt") in rows["resnet50"]
     assert "download on first use from https://" in rows["vit_b_16"]

@@ -56,11 +56,19 @@ class Timings(_Open):
     deliveries: int | None = Field(None, description="times a worker claimed the job")
 
 
-class Prediction(_Open):
-    """One uploaded file's outcome in POST /v1/predict: ``result`` or ``error``."""
+class RefusedFile(BaseModel):
+    """A file part refused for its own content; the request's other files went ahead."""
 
     filename: str
-    job_id: str
+    error: ErrorInfo
+
+
+class Prediction(_Open):
+    """One file part's outcome in POST /v1/predict: ``result``, or ``error`` (a refused part
+    has no ``job_id``: it never became a job)."""
+
+    filename: str
+    job_id: str | None = None
     result: dict[str, Any] | None = Field(
         None, description="the model's answer; its fields depend on the model's task"
     )
@@ -77,11 +85,12 @@ class PredictResponse(BaseModel):
 
 
 class JobRef(BaseModel):
-    """A queued job and where to poll it."""
+    """A queued job and where to poll it; or, for a refused file part, only its error."""
 
-    job_id: str
     filename: str
-    status_url: str
+    job_id: str | None = None
+    status_url: str | None = None
+    error: ErrorInfo | None = None
 
 
 class JobsAccepted(BaseModel):
@@ -141,6 +150,7 @@ class BatchCreated(BaseModel):
     added: int
     total: int
     status_url: str
+    refused: list[RefusedFile] = Field(default_factory=list, description="parts not queued")
 
 
 class BatchFilesAdded(BaseModel):
@@ -149,6 +159,7 @@ class BatchFilesAdded(BaseModel):
     batch_id: str
     added: int
     total: int
+    refused: list[RefusedFile] = Field(default_factory=list, description="parts not queued")
 
 
 class BatchStatus(_Open):
@@ -178,6 +189,7 @@ class Health(BaseModel):
     """GET /healthz."""
 
     status: Literal["ok"]
+    run_token: str | None = Field(None, description="set by visionq up: which run started it")
 
 
 class Ready(_Open):

@@ -151,6 +151,9 @@ class ApiSettings(CommonSettings):
         default_factory=lambda: ["127.0.0.1", "::1"],
         description="proxy addresses or networks (CIDR) trusted for X-Forwarded-For",
     )
+    run_token: str = Field(
+        "", max_length=64, description="set by visionq up; /healthz echoes it (process identity)"
+    )
 
     # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
     _key_digests: tuple[bytes, ...] = PrivateAttr(default=())

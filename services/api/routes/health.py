@@ -18,10 +18,13 @@ from services.api.schemas import Health, NotReady, Ready, error_responses
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> dict[str, str]:
-    """200 while the process lives."""
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
+async def healthz(state: StateDep) -> dict[str, str]:
+    """200 while the process lives; ``run_token`` tells ``visionq up`` it started this one."""
+    body = {"status": "ok"}
+    if state.settings.run_token:
+        body["run_token"] = state.settings.run_token
+    return body
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}})

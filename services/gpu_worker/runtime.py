@@ -3,6 +3,9 @@
 Celery task threads hand each delivered job to ``Runtime.submit`` and wait; the batch is
 claimed, decoded, run through ONE forward pass, and every outcome is stored in one
 pipeline before any waiting task returns, so a message is acked only after its result.
+
+``hand_back`` (any warm shutdown: SIGTERM, ``celery control shutdown``; see tasks.py) lets
+only the batch in its forward pass finish; every job not started goes back to its queue.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from models.specs import ModelSpec
 from services.common.settings import WorkerSettings
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, default_threads
+from services.gpu_worker.handback import HandBack
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.prepare import (
     Prepared,
@@ -31,6 +35,10 @@ from services.gpu_worker.serving import Served, build_served
 from services.gpu_worker.store import Claim, JobStore, Outcome
 
 logger = logging.getLogger(__name__)
+
+# After a hand-back starts: the batch in its forward pass (at most the batch time limit),
+# storing it (at most store.HURRIED_STORE_S), then Celery's own close. Past this, exit.
+EXIT_MARGIN_S = 10.0
 
 
 class Runtime:
@@ -44,6 +52,7 @@ class Runtime:
         store: JobStore,
         metrics: WorkerMetrics,
         worker_id: str,
+        handback: HandBack | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
@@ -51,6 +60,9 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self.worker_id = worker_id
+        self.handback = handback
+        self._handing_back = threading.Event()
+        self._running_jobs: frozenset[str] = frozenset()
         self.device_label = plan.label
         self.batcher: Batcher[WorkItem] = Batcher(
             settings.max_batch_size, settings.max_wait_ms / 1000.0
@@ -97,11 +109,64 @@ class Runtime:
         Interactive jobs are urgent: they join the next batch ahead of bulk jobs.
         """
         item = WorkItem(job_id, model)
-        if model not in self._served:
+        if model not in self._served or self._handing_back.is_set():
             item.release(requeue=True)
             return item
-        self.batcher.put(model, item, urgent=urgent)
+        try:
+            self.batcher.put(model, item, urgent=urgent)
+        except RuntimeError:  # closed by a hand-back meanwhile
+            item.release(requeue=True)
         return item
+
+    def hand_back(self) -> None:
+        """Start a warm shutdown: give back every job not in the forward pass, at once.
+
+        Jobs still in the batcher, and batches claimed and decoded but not started, go back
+        to the head of their queues (claimed ones unclaimed first, their delivery not
+        counted); the running batch finishes, is stored and acked. The process exits within
+        VISIONQ_BATCH_TIME_LIMIT_S + EXIT_MARGIN_S whatever happens.
+        """
+        if self._handing_back.is_set():
+            return
+        self._handing_back.set()
+        limit = self.settings.batch_time_limit_s + EXIT_MARGIN_S
+        guard = threading.Timer(limit, self._exit_now, args=(limit,))
+        guard.daemon = True
+        guard.start()
+        items = self.batcher.drain()
+        claimed: list[WorkItem] = []
+        while True:
+            try:
+                prepared = self._prepared.get_nowait()
+            except queue.Empty:
+                break
+            self._prepared.task_done()
+            if prepared is not None:
+                claimed += prepared.run_items + [item for item, _ in prepared.ended]
+        try:
+            self._give_back(claimed)
+            if self.handback is not None:
+                self.handback.restore_held(self.worker_id, keep_jobs=self._running_jobs)
+        except redis.RedisError as exc:
+            logger.warning("handing back through Redis failed (%s); kombu requeues them", exc)
+        for item in items + claimed:
+            item.release(requeue=True)  # a message already restored is not restored twice
+        logger.info(
+            "shutting down: handed back %d job(s); %d in the forward pass finish first",
+            len(items) + len(claimed),
+            len(self._running_jobs),
+        )
+        self.batcher.poke()
+
+    def _give_back(self, claimed: list[WorkItem]) -> None:
+        if claimed and self.handback is not None:
+            self.handback.unclaim(self.worker_id, [item.job_id for item in claimed])
+
+    @staticmethod
+    def _exit_now(limit: float) -> None:
+        logger.critical("still running %g s after the shutdown began; exiting", limit)
+        logging.shutdown()
+        os._exit(1)
 
     @property
     def loaded(self) -> dict[str, LoadedModel]:
@@ -122,6 +187,19 @@ class Runtime:
             prepared = self._prepared.get()
             if prepared is None:
                 return
+            # Published before the check, so a hand-back racing it keeps these messages.
+            self._running_jobs = frozenset(item.job_id for item in prepared.run_items)
+            if self._handing_back.is_set():  # claimed before the hand-back; not started
+                self._running_jobs = frozenset()
+                items = prepared.run_items + [item for item, _ in prepared.ended]
+                try:
+                    self._give_back(items)
+                except redis.RedisError as exc:
+                    logger.warning("unclaiming %d jobs failed: %s", len(items), exc)
+                for item in items:
+                    item.release(requeue=True)
+                self._prepared.task_done()
+                continue
             self._busy_since = time.monotonic()
             self._busy.set()
             try:
@@ -132,6 +210,7 @@ class Runtime:
                 logger.exception("inference loop failed; exiting so the jobs are redelivered")
                 os._exit(70)
             finally:
+                self._running_jobs = frozenset()
                 self._busy.clear()
                 self._prepared.task_done()
                 self.batcher.poke()
@@ -183,7 +262,12 @@ class Runtime:
         )
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
-        stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
+        stored = self.store.finish_until_stored(
+            outcomes,
+            self.worker_id,
+            self.settings.visibility_timeout_s,
+            hurry=self._handing_back.is_set,
+        )
         store_s = time.perf_counter() - start
         items = prepared.run_items + [item for item, _ in prepared.ended]
         for item in items:
@@ -233,7 +317,7 @@ class Runtime:
             # company; while a forward runs, jobs gather for up to MAX_WAIT_MS.
             got = self.batcher.next_batch(timeout=0.5, idle=self._idle)
             if got is None:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._handing_back.is_set():
                     self._prepared.put(None)
                     return
                 continue
@@ -252,6 +336,9 @@ class Runtime:
             for item, claim in pairs:
                 if claim.verdict == "suspect":
                     self._prepared.join()
+                    if self._handing_back.is_set():
+                        item.release(requeue=True)
+                        continue
                     solo = self._claim([item.job_id], solo=True)
                     if solo is None:
                         item.release(requeue=True)
@@ -279,7 +366,7 @@ class Runtime:
             try:
                 return self.store.claim(job_ids, self.worker_id, solo=solo)
             except redis.RedisError as exc:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._handing_back.is_set():
                     return None
                 logger.warning("claiming %d jobs failed (%s); retrying", len(job_ids), exc)
                 time.sleep(delay)

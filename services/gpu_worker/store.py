@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from services.common.jobs import (
     CLAIM_LUA,
@@ -21,6 +20,41 @@ from services.common.jobs import (
 )
 
 logger = logging.getLogger(__name__)
+
+HURRIED_STORE_S = 5.0  # how long a shutting-down worker retries storing its last batch
+
+# KEYS[1]=done channel, then job/image key pairs. ARGV: worker, now, result ttl, then per
+# job (id, status, result, error, timings; '' for none). A result is stored only by the
+# worker that holds the job's claim: after a worker was declared dead (reaper.py) and its
+# job claimed again elsewhere, a late finish from it (it was only paused) stores nothing,
+# and neither does a second finish of a job already terminal. Returns 1/0 per job.
+_FINISH_LUA = """
+local out = {}
+local n = (#KEYS - 1) / 2
+for i = 0, n - 1 do
+  local jk, ik, a = KEYS[2 + 2*i], KEYS[3 + 2*i], 4 + 5*i
+  local st, w = unpack(redis.call('HMGET', jk, 'status', 'worker'))
+  if st == 'running' and w == ARGV[1] then
+    redis.call('HSET', jk, 'status', ARGV[a + 1], 'finished', ARGV[2])
+    if ARGV[a + 2] ~= '' then redis.call('HSET', jk, 'result', ARGV[a + 2]) end
+    if ARGV[a + 3] ~= '' then redis.call('HSET', jk, 'error', ARGV[a + 3]) end
+    if ARGV[a + 4] ~= '' then redis.call('HSET', jk, 'timings', ARGV[a + 4]) end
+    -- Counts how often a result was written: the fault tests prove it stays 1.
+    redis.call('HINCRBY', jk, 'stores', 1)
+    redis.call('EXPIRE', jk, ARGV[3])
+    redis.call('DEL', ik)
+    redis.call('PUBLISH', KEYS[1], ARGV[a])
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+
+
+def _json(value: dict[str, Any] | None) -> str:
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, result_ttl_s: int, max_deliveries: int) -> None:
         self._client = client
         self._claim = client.register_script(CLAIM_LUA)
+        self._finish = client.register_script(_FINISH_LUA)
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
@@ -78,37 +113,49 @@ class JobStore:
             )
         return claims
 
-    def finish(self, outcomes: Sequence[Outcome]) -> None:
-        """Store every outcome, drop the images, wake waiters: one pipeline."""
-        now = time.time()
-        pipe = self._client.pipeline(transaction=False)
-        for out in outcomes:
-            key = job_key(out.job_id)
-            fields: dict[FieldT, EncodableT] = {"status": out.status.value, "finished": now}
-            if out.result is not None:
-                fields["result"] = json.dumps(out.result, separators=(",", ":"))
-            if out.error is not None:
-                fields["error"] = json.dumps(out.error, separators=(",", ":"))
-            if out.timings is not None:
-                fields["timings"] = json.dumps(out.timings, separators=(",", ":"))
-            pipe.hset(key, mapping=fields)
-            # Counts how often a result was written: the fault tests prove it stays 1.
-            pipe.hincrby(key, "stores", 1)
-            pipe.expire(key, self._result_ttl_s)
-            pipe.delete(image_key(out.job_id))
-            pipe.publish(DONE_CHANNEL, out.job_id)
-        pipe.execute()
+    def finish(self, outcomes: Sequence[Outcome], worker: str) -> int:
+        """Store every outcome this worker still owns, drop the images, wake waiters.
 
-    def finish_until_stored(self, outcomes: Sequence[Outcome], stop_after_s: float) -> bool:
-        """Retry ``finish`` while Redis is away: a result not stored must not be acked."""
-        deadline = time.monotonic() + stop_after_s
+        One round trip. Returns how many were stored; the others belong to another worker
+        now (this one was declared dead and came back) or had ended already.
+        """
+        keys = [DONE_CHANNEL]
+        args: list[Any] = [worker, time.time(), self._result_ttl_s]
+        for out in outcomes:
+            keys += [job_key(out.job_id), image_key(out.job_id)]
+            args += [out.job_id, out.status.value, _json(out.result), _json(out.error),
+                     _json(out.timings)]  # fmt: skip
+        stored = sum(int(flag) for flag in self._finish(keys=keys, args=args))
+        if stored < len(outcomes):
+            logger.warning(
+                "%d of %d result(s) not stored: their jobs were claimed again elsewhere "
+                "or had ended",
+                len(outcomes) - stored,
+                len(outcomes),
+            )
+        return stored
+
+    def finish_until_stored(
+        self,
+        outcomes: Sequence[Outcome],
+        worker: str,
+        stop_after_s: float,
+        hurry: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Retry ``finish`` while Redis is away: a result not stored must not be acked.
+
+        ``hurry`` (the worker is shutting down) cuts the retries to a few seconds: the
+        message then stays unacked and the reaper hands it back.
+        """
+        start = time.monotonic()
         delay = 0.1
         while True:
             try:
-                self.finish(outcomes)
+                self.finish(outcomes, worker)
                 return True
             except redis.RedisError as exc:
-                if time.monotonic() > deadline:
+                spent = time.monotonic() - start
+                if spent > stop_after_s or (hurry() and spent > HURRIED_STORE_S):
                     logger.error("could not store %d results: %s", len(outcomes), exc)
                     return False
                 logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)

@@ -63,6 +63,7 @@ class Runtime:
         self.handback = handback
         self._handing_back = threading.Event()
         self._running_jobs: frozenset[str] = frozenset()
+        self._claiming = threading.Event()  # the prepare thread holds claims not yet queued
         self.device_label = plan.label
         self.batcher: Batcher[WorkItem] = Batcher(
             settings.max_batch_size, settings.max_wait_ms / 1000.0
@@ -143,6 +144,11 @@ class Runtime:
             self._prepared.task_done()
             if prepared is not None:
                 claimed += prepared.run_items + [item for item, _ in prepared.ended]
+        # Let the prepare thread give back what it is claiming now, before the messages go
+        # back: a job still marked running here would be claimed elsewhere as a redelivery.
+        deadline = time.monotonic() + 2.0
+        while self._claiming.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
         try:
             self._give_back(claimed)
             if self.handback is not None:
@@ -322,14 +328,19 @@ class Runtime:
                     return
                 continue
             model, items = got
-            claims = self._claim([item.job_id for item in items])
-            if claims is None:
-                for item in items:
-                    item.release(requeue=True)
-                continue
-            self._count_skipped(str(model), claims)
-            pairs = list(zip(items, claims, strict=True))
-            self._hand_over(str(model), [(i, c) for i, c in pairs if c.verdict != "suspect"])
+            self._claiming.set()
+            try:
+                claims = self._claim([item.job_id for item in items])
+                if claims is None:
+                    for item in items:
+                        item.release(requeue=True)
+                    continue
+                self._count_skipped(str(model), claims)
+                pairs = list(zip(items, claims, strict=True))
+                runnable = [(i, c) for i, c in pairs if c.verdict != "suspect"]
+                self._hand_over(str(model), runnable)
+            finally:
+                self._claiming.clear()
             # A redelivered job may be what killed the last worker. Claim and run it alone,
             # once everything claimed before it is stored, so that if it kills this worker
             # too no other job is in its hands (each death costs those jobs a delivery).
@@ -339,12 +350,16 @@ class Runtime:
                     if self._handing_back.is_set():
                         item.release(requeue=True)
                         continue
-                    solo = self._claim([item.job_id], solo=True)
-                    if solo is None:
-                        item.release(requeue=True)
-                        continue
-                    self._count_skipped(str(model), solo)
-                    self._hand_over(str(model), [(item, solo[0])])
+                    self._claiming.set()
+                    try:
+                        solo = self._claim([item.job_id], solo=True)
+                        if solo is None:
+                            item.release(requeue=True)
+                            continue
+                        self._count_skipped(str(model), solo)
+                        self._hand_over(str(model), [(item, solo[0])])
+                    finally:
+                        self._claiming.clear()
 
     def _hand_over(self, model: str, pairs: list[tuple[WorkItem, Claim]]) -> None:
         """Decode claimed jobs and queue them for the inference thread."""
@@ -357,8 +372,22 @@ class Runtime:
         )
         for item in skipped:
             item.release()
-        if prepared.run_items or prepared.ended:
-            self._prepared.put(prepared)
+        if not (prepared.run_items or prepared.ended):
+            return
+        while not self._handing_back.is_set():
+            try:
+                self._prepared.put(prepared, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        # Claimed while the worker began to shut down: give these back too, not started.
+        back = prepared.run_items + [item for item, _ in prepared.ended]
+        try:
+            self._give_back(back)
+        except redis.RedisError as exc:
+            logger.warning("unclaiming %d jobs failed: %s", len(back), exc)
+        for item in back:
+            item.release(requeue=True)
 
     def _claim(self, job_ids: list[str], solo: bool = False) -> list[Claim] | None:
         delay = 0.1

@@ -92,6 +92,8 @@ def test_sigkill_mid_batch_every_predict_succeeds(
     victim = _holder(client, "slow.jpg", workers)
     victim.popen.send_signal(signal.SIGKILL)
     killed_wall, killed = time.time(), time.monotonic()
+    # /v1/models (and readiness built on it) stops counting the dead worker within the bound.
+    record_figure("default_sigkill_models_drop_s", _wait_live(stack, 1, timeout=BOUND_S))
     for t in senders:
         t.join(90)
     assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
@@ -101,7 +103,6 @@ def test_sigkill_mid_batch_every_predict_succeeds(
     record_figure("default_sigkill_rerun_s", rerun_s)
     record_figure("default_sigkill_last_result_s", time.monotonic() - killed)
     assert int(slow["deliveries"]) == 2 and rerun_s <= BOUND_S
-    record_figure("default_sigkill_models_drop_s", _wait_live(stack, 1, timeout=BOUND_S))
     _stores_once(client)
 
 
@@ -135,13 +136,12 @@ def test_paused_worker_is_fenced_and_stores_nothing_twice(
 ) -> None:
     stack = default_stack()
     stack.start_api()
-    paused = stack.start_worker(models=TEST_MODEL)
-    _wait_live(stack, 1)
-    client = redis.Redis.from_url(fault_redis.url)
-    ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=6"))))
-    _holder(client, "slow.jpg", [paused])
-    other = stack.start_worker(1, models=TEST_MODEL)
+    workers = [stack.start_worker(models=TEST_MODEL), stack.start_worker(1, models=TEST_MODEL)]
     _wait_live(stack, 2)
+    client = redis.Redis.from_url(fault_redis.url)
+    ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=12"))))
+    paused = _holder(client, "slow.jpg", workers)
+    other = next(w for w in workers if w is not paused)
     paused.popen.send_signal(signal.SIGSTOP)  # longer than the heartbeat's TTL
     stopped = time.monotonic()
     (record,) = wait_jobs(stack.url, ids, timeout=120)
@@ -163,7 +163,10 @@ def test_sigterm_during_25s_batch_hands_back_the_rest(
     client = redis.Redis.from_url(fault_redis.url)
     (slow_id,) = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=25"))))
     _holder(client, "slow.jpg", [leaving])
-    ids = submit(stack.url, files(*[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(40)]))
+    ids = []
+    for part in range(2):  # at most 32 files a request in the test settings
+        batch = [(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(part * 20, part * 20 + 20)]
+        ids += submit(stack.url, files(*batch))
     deadline = time.monotonic() + 30
     while client.llen(f"gpu.{TEST_MODEL}") > 40 - 31:  # it buffers two batches' worth
         assert time.monotonic() < deadline, stack.logs()

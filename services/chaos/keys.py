@@ -68,7 +68,7 @@ def leftover_keys(client: redis.Redis) -> dict[str, int]:
             found["queue_messages"] += int(client.llen(key))
         elif key.startswith("vq:held:") and key[len("vq:held:") :] not in live:
             kind = "gone_workers"
-        elif client.ttl(key) == -1 and not key.startswith(("_kombu.binding.", "vq:held:")) and \
+        elif client.ttl(key) == -1 and not key.startswith(("_kombu.", "vq:held:")) and \
                 key not in (WORKERS_INDEX, UNACKED_KEY, "unacked_index", QUEUED_INDEX):  # fmt: skip
             kind = "other_keys_without_ttl"
         if kind:

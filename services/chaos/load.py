@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from services.client import ApiError, Client, RetryPolicy, TransportError
+from services.client import ApiError, ApiTimeout, Client, RetryPolicy, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class Seen:
     predict_failures: list[tuple[float, str]] = field(default_factory=list)
     requests: int = 0
     batch_ids: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)  # job ids of /v1/predict 504s
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accept(self, job_ids: list[str]) -> None:
@@ -61,12 +62,15 @@ class RecordingTransport(httpx.HTTPTransport):
 class Load:
     """The three client loops, until ``stop``."""
 
-    def __init__(self, urls: list[str], model: str, images: list[bytes], pace_s: float) -> None:
+    def __init__(
+        self, urls: list[str], model: str, images: list[bytes], pace_s: float, per_request: int
+    ) -> None:
         self.seen = Seen()
         self._urls = urls
         self._model = model
         self._images = images
         self._pace_s = pace_s
+        self._per_request = per_request
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, args=(name,), name=f"load-{name}", daemon=True)
@@ -92,7 +96,10 @@ class Load:
         count = 0
         while not self._stop.wait(self._pace_s):
             url = next(urls)
-            batch = [(f"{kind}-{count}-{k}.jpg", self._images[next(files)]) for k in range(3)]
+            batch = [
+                (f"{kind}-{count}-{k}.jpg", self._images[next(files)])
+                for k in range(self._per_request)
+            ]
             count += 1
             try:
                 with self._client(url) as client:
@@ -100,6 +107,10 @@ class Load:
             except TransportError as exc:
                 logger.info("%s via %s: %s", kind, url, exc)  # an API process was killed
             except ApiError as exc:
+                if isinstance(exc, ApiTimeout):
+                    self.seen.accept(exc.job_ids)  # accepted, just not done in time
+                    with self.seen.lock:
+                        self.seen.timed_out += exc.job_ids
                 if kind == "predict":
                     with self.seen.lock:
                         self.seen.predict_failures.append((time.time(), f"{exc.status} {exc}"))
@@ -115,8 +126,8 @@ class Load:
                     self.seen.predict_failures.append((time.time(), str(bad[0])))
         elif kind == "jobs":
             self.seen.accept([ref.job_id for ref in client.submit(batch, model=self._model)])
-        elif count % 10 == 1:  # now and then a batch upload of a few dozen images
-            many = [(f"b{count}-{k}.jpg", self._images[k % len(self._images)]) for k in range(24)]
+        elif count % 20 == 1:  # now and then a batch upload of a dozen images
+            many = [(f"b{count}-{k}.jpg", self._images[k % len(self._images)]) for k in range(12)]
             batch_id = client.create_batch(many, model=self._model, chunk_size=8)
             with self.seen.lock:
                 self.seen.batch_ids.append(batch_id)

@@ -45,7 +45,8 @@ class Fault:
     kind: str
     target: str
     jobs_held: int = 0
-    recovered_s: float | None = None
+    recovered_s: float | None = None  # the jobs it held ended / the service answers again
+    restored_s: float | None = None  # all workers (or APIs) live again, restarts included
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Report:
     duplicates: list[str] = field(default_factory=list)
     bad_5xx: list[str] = field(default_factory=list)
     leftovers: dict[str, int] = field(default_factory=dict)
+    timed_out: list[dict[str, str]] = field(default_factory=list)  # records of 504'd jobs
     requests: int = 0
     transport_errors: int = 0
     predict_failures: list[str] = field(default_factory=list)
@@ -70,15 +72,18 @@ class Report:
     def ok(self) -> bool:
         return not (self.lost or self.duplicates or self.bad_5xx or any(self.leftovers.values()))
 
-    def worst(self, kinds: tuple[str, ...] = FAULTS) -> float | None:
+    def worst(self, kinds: tuple[str, ...] = FAULTS, attr: str = "recovered_s") -> float | None:
         """The longest recovery among faults of ``kinds`` (None if none recovered)."""
-        times = [f.recovered_s for f in self.faults if f.kind in kinds and f.recovered_s]
-        return max(times) if times else None
+        times = [getattr(f, attr) for f in self.faults if f.kind in kinds]
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
         body["ok"] = self.ok
-        body["worst_recovery_s"] = {k: self.worst((k,)) for k in (*FAULTS, "redis_restart")}
+        kinds = (*FAULTS, "redis_restart")
+        body["worst_recovery_s"] = {k: self.worst((k,)) for k in kinds}
+        body["worst_restored_s"] = {k: self.worst((k,), "restored_s") for k in kinds}
         return body
 
 
@@ -90,17 +95,25 @@ class ChaosRun:
         self.model = model
         self.rng = random.Random(seed)
         self.period_s = period_s
-        self.client = redis.Redis.from_url(cluster.redis.url, socket_timeout=5)
+        self._client: redis.Redis | None = None  # once Redis has its port
         self.t0 = time.monotonic()
         self.report = Report(seed=seed, minutes=0.0)
         self.load: Load | None = None
         self._watchers: list[threading.Thread] = []
 
+    @property
+    def client(self) -> redis.Redis:
+        """A client of the run's Redis (after the cluster started)."""
+        assert self._client is not None, "the cluster has not started"
+        return self._client
+
     def run(self, minutes: float) -> Report:
         """Start everything, inject faults for ``minutes``, drain, and check."""
         self.report.minutes = minutes
         self.cluster.start()
-        self.load = Load(self.cluster.urls(), self.model, generated_jpegs(16, (160, 120)), 0.4)
+        self._client = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
+        images = generated_jpegs(16, (160, 120))
+        self.load = Load(self.cluster.urls(), self.model, images, pace_s=1.0, per_request=2)
         self.load.start()
         self.t0 = time.monotonic()
         end = self.t0 + minutes * 60
@@ -130,6 +143,7 @@ class ChaosRun:
             fault = self._fault(kind, member)
             self.cluster.signal(member, signal.SIGKILL)
             self._watch(fault, lambda: self._api_up(member))
+            self._watch(fault, lambda: self._api_up(member), "restored_s")
             return
         candidates = [m for m in self.cluster.workers if m.alive() and not m.paused]
         if not candidates:
@@ -148,6 +162,7 @@ class ChaosRun:
             self.cluster.signal(member, signal.SIGSTOP)
             threading.Timer(PAUSE_S, self._resume, args=(member,)).start()
         self._watch(fault, lambda: self._ended(held))
+        self._watch(fault, self.cluster.ready, "restored_s")
 
     def _resume(self, member: Member) -> None:
         self.cluster.signal(member, signal.SIGCONT)
@@ -163,6 +178,7 @@ class ChaosRun:
         back = time.time()
         self.report.redis_down.append((down, back))
         self._watch(fault, lambda: self._predict_ok(back))
+        self._watch(fault, self.cluster.ready, "restored_s")
 
     def _fault(self, kind: str, member: Member) -> Fault:
         fault = Fault(round(time.monotonic() - self.t0, 1), kind, f"{member.kind}{member.index}")
@@ -170,14 +186,14 @@ class ChaosRun:
         logger.info("chaos: %s %s (pid %d)", kind, fault.target, member.pid)
         return fault
 
-    def _watch(self, fault: Fault, done: Any) -> None:
+    def _watch(self, fault: Fault, done: Any, attr: str = "recovered_s") -> None:
         start = time.monotonic()
 
         def watch() -> None:
             while time.monotonic() - start < RECOVERY_LIMIT_S:
                 try:
                     if done():
-                        fault.recovered_s = round(time.monotonic() - start, 2)
+                        setattr(fault, attr, round(time.monotonic() - start, 2))
                         return
                 except (redis.RedisError, OSError):
                     pass
@@ -236,9 +252,16 @@ class ChaosRun:
         report.duplicates = self._duplicates()
         report.bad_5xx = self._bad_5xx(seen)
         report.leftovers = leftover_keys(self.client)
+        report.timed_out = [self._record(j) for j in seen.timed_out[:20]]
         report.requests = seen.requests
         report.transport_errors = len(seen.transport_errors)
         report.predict_failures = [text for _, text in seen.predict_failures][:20]
+
+    def _record(self, job_id: str) -> dict[str, str]:
+        raw = self.client.hgetall(f"vq:job:{job_id}")
+        keep = ("status", "created", "started", "finished", "deliveries", "worker", "lane")
+        record = {_text(k): _text(v) for k, v in raw.items() if _text(k) in keep}
+        return {"job_id": job_id, **record}
 
     def _statuses(self) -> dict[str, str]:
         keys = [k.decode() for k in self.client.scan_iter("vq:job:*", count=1000)]
@@ -267,6 +290,10 @@ class ChaosRun:
             if status >= 500 and not (status == 503 and during):
                 bad.append(f"{status} {path} at +{when - windows[0][0] if windows else 0:.1f}s")
         return bad
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _kill_if_alive(popen: subprocess.Popen[bytes] | None) -> None:
@@ -319,6 +346,7 @@ def summary(report: Report) -> str:
         f"chaos seed {report.seed}, {report.minutes:g} min: {'OK' if report.ok else 'FAILED'}",
         f"faults: {', '.join(f'{k} x{n}' for k, n in sorted(kinds.items()))}",
         f"worst recovery (s): {', '.join(f'{k} {v}' for k, v in worst.items())}",
+        f"worst back to full strength (s): {report.to_json()['worst_restored_s']}",
         f"requests {report.requests}, accepted jobs {report.accepted}: {report.statuses}",
         f"lost {len(report.lost)}, duplicates {len(report.duplicates)}, "
         f"bad 5xx {len(report.bad_5xx)}, leftovers {report.leftovers}",

@@ -93,11 +93,19 @@ class Cluster:
         try:
             for url in self.urls():
                 httpx.get(f"{url}/healthz", timeout=5).raise_for_status()
-            body = httpx.get(f"{self.urls()[0]}/v1/models", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
+        except httpx.HTTPError:
             return False
-        live = max(int(m.get("live_workers", 0)) for m in body.get("models", [{}]))
-        return live >= len(self.workers)
+        return self.live_workers() >= len(self.workers)
+
+    def live_workers(self) -> int:
+        """Workers the API counts live (any API that answers; 0 when none does)."""
+        for url in self.urls():
+            try:
+                body = httpx.get(f"{url}/v1/models", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            return max((int(m.get("live_workers", 0)) for m in body.get("models", [])), default=0)
+        return 0
 
     def _spawn(self, member: Member) -> None:
         env = {**self._env, "VISIONQ_REDIS_URL": self.redis.url}

@@ -67,6 +67,7 @@ class Report:
     transport_errors: int = 0
     predict_failures: list[str] = field(default_factory=list)
     redis_down: list[tuple[float, float]] = field(default_factory=list)
+    phases_s: dict[str, float] = field(default_factory=dict)  # start, faults, drain
 
     @property
     def ok(self) -> bool:
@@ -110,7 +111,9 @@ class ChaosRun:
     def run(self, minutes: float) -> Report:
         """Start everything, inject faults for ``minutes``, drain, and check."""
         self.report.minutes = minutes
+        began = time.monotonic()
         self.cluster.start()
+        self.report.phases_s["start"] = round(time.monotonic() - began, 1)
         self._client = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
         images = generated_jpegs(16, (160, 120))
         self.load = Load(self.cluster.urls(), self.model, images, pace_s=1.0, per_request=2)
@@ -130,9 +133,12 @@ class ChaosRun:
         if redis_at:
             self._restart_redis()
         self.load.stop()
+        self.report.phases_s["faults"] = round(time.monotonic() - self.t0, 1)
+        began = time.monotonic()
         for watcher in self._watchers:
             watcher.join(RECOVERY_LIMIT_S)
         self._settle(self.load.seen)
+        self.report.phases_s["drain"] = round(time.monotonic() - began, 1)
         return self.report
 
     # -- faults ------------------------------------------------------------------------
@@ -145,8 +151,14 @@ class ChaosRun:
             self._watch(fault, lambda: self._api_up(member))
             self._watch(fault, lambda: self._api_up(member), "restored_s")
             return
+        # Take a worker down only while another one serves: the run tests failover, not a
+        # cluster with no worker at all (restarts take tens of seconds on a small machine).
+        deadline = time.monotonic() + RECOVERY_LIMIT_S
+        while self.cluster.live_workers() < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         candidates = [m for m in self.cluster.workers if m.alive() and not m.paused]
-        if not candidates:
+        if self.cluster.live_workers() < 2 or not candidates:
+            logger.info("chaos: %s skipped, fewer than two workers live", kind)
             return
         member = self.rng.choice(candidates)
         fault = self._fault(kind, member)

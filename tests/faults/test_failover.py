@@ -190,7 +190,39 @@ def test_sigterm_during_25s_batch_hands_back_the_rest(
         raise
     record_figure("default_sigterm_exit_s", time.monotonic() - termed)
     assert code == 0
+    assert "still held at exit" not in leaving.log_tail(1_000_000)  # it acked what it ran
+    assert client.hlen("unacked") == 0 and client.llen(f"gpu.{TEST_MODEL}") == 0
     assert staying.alive()
     assert httpx.get(f"{stack.url}/v1/jobs/{slow_id}").json()["status"] == "succeeded"
     assert all(int(r["timings"]["deliveries"]) == 1 for r in records)  # none run twice
     _stores_once(client)
+
+
+def test_remote_shutdown_hands_back_like_sigterm(
+    default_stack: MakeStack, fault_redis: RedisServer
+) -> None:
+    from services.common.celery_app import make_celery
+    from services.common.settings import WorkerSettings
+
+    stack = default_stack()
+    stack.start_api()
+    leaving = stack.start_worker(models=TEST_MODEL)
+    _wait_live(stack, 1)
+    client = redis.Redis.from_url(fault_redis.url)
+    submit(stack.url, files(("slow.jpg", fault_jpeg("slow=20"))))
+    _holder(client, "slow.jpg", [leaving])
+    ids = submit(stack.url, files(*[(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(20)]))
+    deadline = time.monotonic() + 30
+    while client.llen(f"gpu.{TEST_MODEL}") > 0:  # all 20 buffered or claimed by it
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+    app = make_celery(WorkerSettings(redis_url=fault_redis.url))
+    app.control.shutdown()  # Celery's remote control: a warm shutdown, like SIGTERM
+    deadline = time.monotonic() + 10
+    while client.llen(f"gpu.{TEST_MODEL}") < len(ids):  # handed back at once, not run
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+    assert leaving.alive()  # still finishing the slow batch
+    statuses = {client.hget(f"vq:job:{j}", "status") for j in ids}
+    assert statuses == {b"queued"}
+    assert leaving.popen.wait(75) == 0

@@ -160,7 +160,9 @@ class ChaosRun:
         if self.cluster.live_workers() < 2 or not candidates:
             logger.info("chaos: %s skipped, fewer than two workers live", kind)
             return
-        member = self.rng.choice(candidates)
+        # Prefer a worker that holds jobs right now: that is what failover has to save.
+        busy = [m for m in candidates if worker_holdings(self.client, m.pid)]
+        member = self.rng.choice(busy or candidates)
         fault = self._fault(kind, member)
         held = worker_holdings(self.client, member.pid)
         fault.jobs_held = len(held)

@@ -135,20 +135,27 @@ class Runtime:
         guard.daemon = True
         guard.start()
         items = self.batcher.drain()
+        # Let the prepare thread give back what it is claiming now (it checks the flag
+        # before queueing a batch), then take what it queued before: a job still marked
+        # running here when its message goes back would be claimed elsewhere as a
+        # redelivery, counted twice.
+        deadline = time.monotonic() + 2.0
+        while self._claiming.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
         claimed: list[WorkItem] = []
+        sentinel = False
         while True:
             try:
                 prepared = self._prepared.get_nowait()
             except queue.Empty:
                 break
             self._prepared.task_done()
-            if prepared is not None:
+            if prepared is None:
+                sentinel = True  # the prepare thread has ended: the inference thread may too
+            else:
                 claimed += prepared.run_items + [item for item, _ in prepared.ended]
-        # Let the prepare thread give back what it is claiming now, before the messages go
-        # back: a job still marked running here would be claimed elsewhere as a redelivery.
-        deadline = time.monotonic() + 2.0
-        while self._claiming.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if sentinel:
+            self._prepared.put(None)
         try:
             self._give_back(claimed)
             if self.handback is not None:

@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from services.api.metrics import API_METRICS
 from services.api.state import ApiState
 from services.api.uploads import SubmitForm
+from services.common import tracing
 from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull
 from services.common.jobs import (
     DONE_CHANNEL,
@@ -64,7 +65,7 @@ async def store_jobs(
         args += [job_id, upload.filename, upload.data]
     depth = await state.redis.eval(SUBMIT_LUA, len(keys), *keys, *args)
     if int(depth) < 0:
-        API_METRICS.jobs_rejected.labels(form.model, "queue_full").inc(len(job_ids))
+        API_METRICS.count_rejected(form.model, QueueFull.code, len(job_ids))
         raise QueueFull(
             f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="
             f"{settings.queue_max_depth} jobs or more; retry later",
@@ -92,14 +93,26 @@ async def submit(
 ) -> None:
     """Store then enqueue on the model's queue for ``lane``; unsent jobs are removed."""
     check_model(state, form.model)
-    await store_jobs(state, form, job_ids, lane)
-    try:
-        # kombu publishes with blocking sockets: keep it off the event loop.
-        await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids, lane)
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        await _fail_unsent(state, job_ids)
-        raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc
+    with tracing.enqueue_span(form.model, lane, job_ids) as carrier:
+        await store_jobs(state, form, job_ids, lane)
+        if carrier:
+            await _store_carrier(state, job_ids, carrier)
+        try:
+            # kombu publishes with blocking sockets: keep it off the event loop.
+            await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids, lane)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            await _fail_unsent(state, job_ids)
+            raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc
     API_METRICS.jobs_submitted.labels(form.model).inc(len(job_ids))
+
+
+async def _store_carrier(state: ApiState, job_ids: list[str], carrier: dict[str, str]) -> None:
+    # Tracing only: the trace context goes into each job record before its message is
+    # published, so the worker that claims the job continues this trace.
+    pipe = state.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hset(job_key(job_id), mapping=dict(carrier.items()))
+    await pipe.execute()
 
 
 async def _fail_unsent(state: ApiState, job_ids: list[str]) -> None:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _logging_is_configured(**_: object) -> None:
+    """Celery's ``setup_logging`` receiver: logging is services.common.logs' job."""
+
+
 def run_worker(device: str, models: list[str] | None, index: int) -> int:
     """Run a worker until it is told to stop; returns its exit code."""
     # Pin before torch is imported anywhere in this process (fork + CUDA rule).
@@ -57,6 +61,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
             "declare others in VISIONQ_MODELS_FILE"
         )
     specs = {name: registry[name] for name in settings.models}
+    from services.common import tracing
+
+    tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
     client = redis.Redis.from_url(
         settings.redis_url,
@@ -89,7 +96,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         port = settings.metrics_port + index
         start_http_server(port, addr=settings.metrics_host)
         logger.info("worker metrics on :%d/metrics", port)
-    metrics.mark_up(label)
+    metrics.mark_up(label, specs)
     gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {
@@ -113,6 +120,11 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         on_fenced=_exit_fenced,
     )
     app = make_celery(settings, settings.unacked_restore_interval_s)
+    from celery import signals
+
+    # The CLI configured logging (text or JSON) before we got here: a receiver on this
+    # signal tells Celery to leave the handlers alone and not redirect stdout.
+    signals.setup_logging.connect(_logging_is_configured, weak=False)
     app.conf.broker_transport = TRANSPORT_PATH
     register_tasks(app, runtime)
     # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
@@ -131,6 +143,8 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         without_mingle=True,
         without_heartbeat=True,
         optimization="fair",
+        # The start-up banner is printed, not logged: it would break one-JSON-per-line.
+        quiet=settings.log_format == "json",
     )
     sweeper = LostMessageSweeper(
         client,

@@ -89,6 +89,11 @@ class JobStore:
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis connection this store uses."""
+        return self._client
+
     def claim(self, job_ids: Sequence[str], worker: str, solo: bool = False) -> list[Claim]:
         """Mark the jobs running (or end them: expired, cancelled, poison) and fetch images.
 

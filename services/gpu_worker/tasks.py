@@ -13,6 +13,7 @@ from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
 from services.common.jobs import INTERACTIVE, TASK_NAME
+from services.common.logs import log_context
 from services.gpu_worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def infer(job_id: str, model: str, lane: str = INTERACTIVE) -> None:
-        item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE)
-        item.done.wait()
-        if item.requeue:
-            # Not processed (shutting down, or Redis lost): give the message back intact.
-            raise Reject("not processed here", requeue=True)
+        with log_context(job_id=job_id):
+            item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE)
+            item.done.wait()
+            if item.requeue:
+                # Not processed (shutting down, or Redis lost): give the message back intact.
+                raise Reject("not processed here", requeue=True)
 
     class BoundHandBack(HandBackStep):
         def __init__(self, parent: Any, **kwargs: Any) -> None:

@@ -25,9 +25,9 @@ def _job_keys(stack: Stack) -> int:
     return sum(1 for _ in client.scan_iter(match="vq:job:*", count=500))
 
 
-def _gif() -> bytes:
+def _ico() -> bytes:
     buf = io.BytesIO()
-    make_image(1, (32, 32)).save(buf, format="GIF")
+    make_image(1, (32, 32)).save(buf, format="ICO")
     return buf.getvalue()
 
 
@@ -38,7 +38,7 @@ def _half(data: bytes) -> bytes:
 BAD_UPLOADS = [
     ("text", b"just some text, not an image", 415, "unsupported_media_type"),
     ("html", b"<html><body>hi</body></html>", 415, "unsupported_media_type"),
-    ("gif", _gif(), 415, "unsupported_media_type"),
+    ("ico", _ico(), 415, "unsupported_media_type"),
     ("empty", b"", 400, "invalid_image"),
     ("truncated_jpeg", _half(jpeg(5)), 400, "invalid_image"),
     ("truncated_png", _half(encode(make_image(5), "PNG")), 400, "invalid_image"),
@@ -202,3 +202,26 @@ def test_api_survives_a_client_that_hangs_up(stack: Stack) -> None:
 
 def _unused() -> Image.Image:  # keeps PIL import honest for type checkers
     return make_image(0)
+
+
+def _rejected(stack: Stack, reason: str) -> float:
+    line = f'visionq_jobs_rejected_total{{model="{TEST_MODEL}",reason="{reason}"}} '
+    text = httpx.get(f"{stack.url}/metrics").text
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    assert found, f"{line!r} missing: the series must exist from start-up"
+    return float(found[0].split()[-1])
+
+
+def test_refusals_are_counted_by_reason(stack: Stack) -> None:
+    cases = [
+        ("unsupported_media_type", b"not an image at all"),
+        ("invalid_image", _half(jpeg(6))),
+        ("payload_too_large", png_declaring(30000, 30000)),
+    ]
+    before = {reason: _rejected(stack, reason) for reason, _ in cases}
+    for reason, data in cases:
+        resp = predict(stack.url, files(("x.bin", data)), model=TEST_MODEL)
+        assert error_code(resp) == reason
+    for reason, _ in cases:
+        assert _rejected(stack, reason) == before[reason] + 1, reason
+    assert "_created" not in httpx.get(f"{stack.url}/metrics").text

@@ -265,7 +265,13 @@ class ChaosRun:
         report.statuses = counts
         report.duplicates = self._duplicates()
         report.bad_5xx = self._bad_5xx(seen)
+        # A worker killed by the last fault is handed back only once its heartbeat is gone:
+        # give the reaper its ~10 s before calling anything left behind.
+        settle_by = time.monotonic() + 60
         report.leftovers = leftover_keys(self.client)
+        while any(report.leftovers.values()) and time.monotonic() < settle_by:
+            time.sleep(1.0)
+            report.leftovers = leftover_keys(self.client)
         report.timed_out = [self._record(j) for j in seen.timed_out[:20]]
         report.requests = seen.requests
         report.transport_errors = len(seen.transport_errors)

@@ -78,6 +78,8 @@ def worker_service(index: int) -> dict[str, Any]:
             "VISIONQ_MAX_BATCH_SIZE": "${VISIONQ_MAX_BATCH_SIZE:-32}",
             "VISIONQ_MAX_WAIT_MS": "${VISIONQ_MAX_WAIT_MS:-5}",
             "VISIONQ_METRICS_PORT": str(METRICS_BASE_PORT),
+            # Heartbeats and task events: what the flower service shows.
+            "VISIONQ_CELERY_EVENTS": "1",
             "CUDA_VISIBLE_DEVICES": "0",
         },
         "volumes": ["torch-cache:/home/visionq/.cache/torch"],
@@ -182,7 +184,15 @@ def compose_services(gpus: int) -> dict[str, Any]:
     }
     services["flower"] = {
         "image": "visionq-api:latest",
-        "command": ["celery", "--broker", _REDIS_URL, "flower", "--port=5555"],
+        "command": [
+            "celery",
+            "-A",
+            "services.common.celery_app",
+            "--broker",
+            _REDIS_URL,
+            "flower",
+            "--port=5555",
+        ],
         "environment": {"FLOWER_BASIC_AUTH": "${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:pw}"},
         "ports": ["${FLOWER_PORT:-5555}:5555"],
         "depends_on": {

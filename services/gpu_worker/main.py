@@ -119,7 +119,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         settings.heartbeat_interval_s,
         on_fenced=_exit_fenced,
     )
-    app = make_celery(settings, settings.unacked_restore_interval_s)
+    app = make_celery(settings, settings.unacked_restore_interval_s, settings.celery_events)
     from celery import signals
 
     # The CLI configured logging (text or JSON) before we got here: a receiver on this
@@ -141,7 +141,8 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         loglevel=settings.log_level,
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        # Celery's worker heartbeat is an event: Flower counts a worker online by it.
+        without_heartbeat=not settings.celery_events,
         optimization="fair",
         # The start-up banner is printed, not logged: it would break one-JSON-per-line.
         quiet=settings.log_format == "json",

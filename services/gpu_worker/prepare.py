@@ -34,10 +34,12 @@ class WorkItem:
     received: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     requeue: bool = False  # set when the worker gives the message back unprocessed
+    outcome: Outcome | None = None  # what was stored, when this worker ran the job
 
-    def release(self, requeue: bool = False) -> None:
+    def release(self, requeue: bool = False, outcome: Outcome | None = None) -> None:
         """Let the task thread return (ack) or give the message back (requeue)."""
         self.requeue = requeue
+        self.outcome = outcome
         self.done.set()
 
 

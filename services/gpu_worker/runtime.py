@@ -293,8 +293,8 @@ class Runtime:
         if stored and prepared.trace is not None:
             job_trace.finish(prepared, outcomes, (forward_start, forward_end), self.device_label)
         items = prepared.run_items + [item for item, _ in prepared.ended]
-        for item in items:
-            item.release(requeue=not stored)
+        for item, outcome in zip(items, outcomes, strict=True):
+            item.release(requeue=not stored, outcome=outcome)
         if stored:
             self._observe(prepared, outcomes, forward_s, store_s)
 

@@ -166,3 +166,9 @@ class JobStore:
                 logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def ended_as(self, job_id: str) -> tuple[str, dict[str, str] | None]:
+        """A job's stored status and error (``""`` when the record is gone)."""
+        status, error = self._client.hmget(job_key(job_id), ["status", "error"])
+        text = status.decode() if isinstance(status, bytes) else (status or "")
+        return text, json.loads(error) if error else None

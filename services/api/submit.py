@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 import anyio
 import redis
@@ -17,15 +16,8 @@ from services.api.state import ApiState
 from services.api.uploads import SubmitForm
 from services.common import tracing
 from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull
-from services.common.jobs import (
-    DONE_CHANNEL,
-    INTERACTIVE,
-    SUBMIT_LUA,
-    TASK_NAME,
-    image_key,
-    job_key,
-    queue_name,
-)
+from services.common.jobs import INTERACTIVE, TASK_NAME, image_key, job_key, queue_name
+from services.common.protocol.scripts import NewJob, submit_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +42,23 @@ async def store_jobs(
 ) -> None:
     """Write job records and images atomically, refusing when the queue is too deep."""
     settings = state.settings
-    keys = [DONE_CHANNEL, queue_name(form.model, lane)]
-    args: list[Any] = [
-        settings.queue_max_depth,
-        settings.job_ttl_s,
-        form.model,
-        time.time(),
-        form.top_k,
-        "" if form.timeout is None else time.time() + form.timeout,
-        lane,
-    ]
-    for job_id, upload in zip(job_ids, form.files, strict=True):
-        keys += [job_key(job_id), image_key(job_id)]
-        args += [job_id, upload.filename, upload.data]
-    depth = await state.redis.eval(SUBMIT_LUA, len(keys), *keys, *args)
-    if int(depth) < 0:
+    now = time.time()
+    depth = await submit_jobs(
+        state.redis,
+        queue=queue_name(form.model, lane),
+        jobs=[
+            NewJob(job_id, upload.filename, upload.data)
+            for job_id, upload in zip(job_ids, form.files, strict=True)
+        ],
+        max_depth=settings.queue_max_depth,
+        job_ttl_s=settings.job_ttl_s,
+        model=form.model,
+        created=now,
+        params_json=form.params_json,
+        deadline=None if form.timeout is None else now + form.timeout,
+        lane=lane,
+    )
+    if depth < 0:
         API_METRICS.count_rejected(form.model, QueueFull.code, len(job_ids))
         raise QueueFull(
             f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="

@@ -8,7 +8,7 @@ worker exits. Later acks of in-flight tasks on the dead channel fail the same wa
 
 Here those calls give up quietly instead: the messages stay in kombu's ``unacked`` hash in
 Redis and come back through the visibility-timeout sweep, and a job that already has its
-result is acked on redelivery without running again (see CLAIM_LUA), so nothing is lost or
+result is acked on redelivery without running again (see claim.lua), so nothing is lost or
 run twice.
 
 It also records which worker holds which message: every delivery tag a worker's channel

@@ -11,61 +11,15 @@ from typing import Any
 
 import redis
 
-from services.common.jobs import (
-    CLAIM_LUA,
-    DONE_CHANNEL,
-    Status,
-    image_key,
-    job_key,
-)
+from services.common.jobs import Status, job_key
+from services.common.protocol.scripts import ClaimReply, JobEnd, claim_jobs, finish_jobs
 
 logger = logging.getLogger(__name__)
 
 HURRIED_STORE_S = 5.0  # how long a shutting-down worker retries storing its last batch
 
-# KEYS[1]=done channel, then job/image key pairs. ARGV: worker, now, result ttl, then per
-# job (id, status, result, error, timings; '' for none). A result is stored only by the
-# worker that holds the job's claim: after a worker was declared dead (reaper.py) and its
-# job claimed again elsewhere, a late finish from it (it was only paused) stores nothing,
-# and neither does a second finish of a job already terminal. Returns 1/0 per job.
-_FINISH_LUA = """
-local out = {}
-local n = (#KEYS - 1) / 2
-for i = 0, n - 1 do
-  local jk, ik, a = KEYS[2 + 2*i], KEYS[3 + 2*i], 4 + 5*i
-  local st, w = unpack(redis.call('HMGET', jk, 'status', 'worker'))
-  if st == 'running' and w == ARGV[1] then
-    redis.call('HSET', jk, 'status', ARGV[a + 1], 'finished', ARGV[2])
-    if ARGV[a + 2] ~= '' then redis.call('HSET', jk, 'result', ARGV[a + 2]) end
-    if ARGV[a + 3] ~= '' then redis.call('HSET', jk, 'error', ARGV[a + 3]) end
-    if ARGV[a + 4] ~= '' then redis.call('HSET', jk, 'timings', ARGV[a + 4]) end
-    -- Counts how often a result was written: the fault tests prove it stays 1.
-    redis.call('HINCRBY', jk, 'stores', 1)
-    redis.call('EXPIRE', jk, ARGV[3])
-    redis.call('DEL', ik)
-    redis.call('PUBLISH', KEYS[1], ARGV[a])
-    out[i + 1] = 1
-  else
-    out[i + 1] = 0
-  end
-end
-return out
-"""
 
-
-def _json(value: dict[str, Any] | None) -> str:
-    return "" if value is None else json.dumps(value, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What the claim script said about one job."""
-
-    verdict: str  # run | skip | expired | worker_lost
-    deliveries: int
-    created: float | None
-    top_k: int
-    image: bytes
+Claim = ClaimReply  # what the claim script said about one job
 
 
 @dataclass
@@ -84,8 +38,6 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, result_ttl_s: int, max_deliveries: int) -> None:
         self._client = client
-        self._claim = client.register_script(CLAIM_LUA)
-        self._finish = client.register_script(_FINISH_LUA)
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
@@ -99,38 +51,27 @@ class JobStore:
 
         Without ``solo``, redelivered jobs come back as ``suspect`` and are not counted.
         """
-        keys = [DONE_CHANNEL]
-        for job_id in job_ids:
-            keys += [job_key(job_id), image_key(job_id)]
-        mode = "solo" if solo else "batch"
-        args: list[Any] = [time.time(), self._max_deliveries, self._result_ttl_s, worker, mode]
-        raw = self._claim(keys=keys, args=[*args, *job_ids])
-        claims = []
-        for verdict, deliveries, created, top_k, image in raw:
-            claims.append(
-                Claim(
-                    verdict=verdict.decode(),
-                    deliveries=int(deliveries),
-                    created=float(created) if created else None,
-                    top_k=int(top_k) if top_k else 5,
-                    image=image or b"",
-                )
-            )
-        return claims
+        return claim_jobs(
+            self._client,
+            list(job_ids),
+            now=time.time(),
+            max_deliveries=self._max_deliveries,
+            result_ttl_s=self._result_ttl_s,
+            worker=worker,
+            solo=solo,
+        )
 
     def finish(self, outcomes: Sequence[Outcome], worker: str) -> int:
         """Store every outcome this worker still owns, drop the images, wake waiters.
 
-        One round trip. Returns how many were stored; the others belong to another worker
+        One script call. Returns how many were stored; the others belong to another worker
         now (this one was declared dead and came back) or had ended already.
         """
-        keys = [DONE_CHANNEL]
-        args: list[Any] = [worker, time.time(), self._result_ttl_s]
-        for out in outcomes:
-            keys += [job_key(out.job_id), image_key(out.job_id)]
-            args += [out.job_id, out.status.value, _json(out.result), _json(out.error),
-                     _json(out.timings)]  # fmt: skip
-        stored = sum(int(flag) for flag in self._finish(keys=keys, args=args))
+        ends = [JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings) for o in outcomes]
+        flags = finish_jobs(
+            self._client, ends, now=time.time(), result_ttl_s=self._result_ttl_s, worker=worker
+        )
+        stored = sum(flags)
         if stored < len(outcomes):
             logger.warning(
                 "%d of %d result(s) not stored: their jobs were claimed again elsewhere "

@@ -128,6 +128,6 @@ class Load:
             self.seen.accept([ref.job_id for ref in client.submit(batch, model=self._model)])
         elif count % 20 == 1:  # now and then a batch upload of a dozen images
             many = [(f"b{count}-{k}.jpg", self._images[k % len(self._images)]) for k in range(12)]
-            batch_id = client.create_batch(many, model=self._model, chunk_size=8)
+            upload = client.create_batch(many, model=self._model, chunk_size=8)
             with self.seen.lock:
-                self.seen.batch_ids.append(batch_id)
+                self.seen.batch_ids.append(upload.batch_id)

@@ -27,8 +27,16 @@ from models.preprocess import (
     decode_and_preprocess,
 )
 from models.specs import Preprocess
+from services.gpu_worker.cuda_errors import is_device_fault
 
 logger = logging.getLogger(__name__)
+
+
+def _nvjpeg_refusal(exc: BaseException) -> bool:
+    # nvJPEG's own status for a stream it cannot decode (unsupported sampling, bad data):
+    # the image's problem, not the device's.
+    return "nvjpeg" in str(exc).lower() and "cuda error" not in str(exc).lower()
+
 
 Decoded = np.ndarray | torch.Tensor
 
@@ -84,6 +92,8 @@ def make_gpu_decoder(
             raw = torch.frombuffer(bytearray(data[: info.length]), dtype=torch.uint8)
             img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
         except RuntimeError as exc:
+            if is_device_fault(exc) and not _nvjpeg_refusal(exc):
+                raise  # a sticky CUDA error: the worker exits (prepare.exit_on_device_fault)
             logger.debug("nvJPEG refused an image (%s); decoding on the CPU", exc)
             return on_cpu(data)
         img = orient_chw(img, info.orientation)

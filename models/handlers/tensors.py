@@ -62,10 +62,60 @@ def to_device_float(image: np.ndarray | torch.Tensor, device: torch.device) -> t
 RECOMPILE_LIMIT = 32
 
 
+_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+class Fp32Head(torch.nn.Module):
+    """A final layer run in float32 outside autocast: logits (and the softmax after them)
+    keep full precision while the body runs in half precision."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in) any float dtype -> (N, out) float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out: torch.Tensor = self.inner(x.float())
+            return out
+
+
+def half_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Weights resident in ``dtype``; normalisation layers and the last Linear in float32.
+
+    Under autocast, weights that are float32 are cast to half precision again on EVERY
+    forward (autocast's weight cache only covers leaf tensors that require grad, and
+    inference weights don't), which costs a full read and write of the weights per batch.
+    Stored in half precision they are used as they are. Norm layers stay float32 (cuDNN's
+    batch norm wants float32 parameters with half inputs; autocast runs layer/group norm in
+    float32), and the classification head -- the last ``Linear`` -- runs in float32 via
+    ``Fp32Head``, so the logits and softmax lose nothing to half precision.
+    """
+    module = module.to(dtype)
+    for sub in module.modules():
+        if isinstance(sub, _NORMS):
+            sub.float()
+    last: tuple[torch.nn.Module, str] | None = None
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear):
+                last = (parent, name)
+    if last is not None:
+        parent, name = last
+        setattr(parent, name, Fp32Head(getattr(parent, name)))
+    return module
+
+
 def prepare_module(
-    module: torch.nn.Module, device: torch.device, *, channels_last: bool, compile: bool
+    module: torch.nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    compile: bool,
+    half: str | None = None,
 ) -> torch.nn.Module:
-    """channels_last on CUDA, and ``torch.compile`` with static shapes when asked.
+    """channels_last on CUDA, weights in ``half`` precision on CUDA (``half_weights``), and
+    ``torch.compile`` with static shapes when asked.
 
     ``dynamic=False``: one specialised graph per batch shape (the runtime pads batches to
     buckets and compiles each at warm-up), never a dynamic-shape graph, which is slower and
@@ -76,6 +126,8 @@ def prepare_module(
     """
     if channels_last and device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
+    if half is not None and device.type == "cuda":
+        module = half_weights(module, torch.bfloat16 if half == "bfloat16" else torch.float16)
     if compile:
         import torch._dynamo.config as dynamo_config
 

@@ -63,6 +63,7 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         background=settings.background_rgb,
         accepted_formats=tuple(settings.accepted_formats),
         fast_decode=settings.fast_decode,
+        weights_dtype=settings.autocast_dtype,
     )
 
 

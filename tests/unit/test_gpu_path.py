@@ -255,3 +255,25 @@ def test_an_oom_while_decoding_on_the_gpu_is_not_an_invalid_image() -> None:
     )
     ((_, outcome),) = prepared.ended
     assert outcome.error is not None and outcome.error["code"] == "out_of_memory"
+
+
+def test_half_weights_keep_norms_and_the_head_in_float32() -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    from models.handlers.tensors import Fp32Head, half_weights, prepare_module
+
+    module = half_weights(mobilenet_v3_small().eval(), torch.bfloat16)
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    heads = [m for m in module.modules() if isinstance(m, Fp32Head)]
+    assert all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert all(n.weight.dtype == torch.float32 for n in norms)
+    assert len(heads) == 1 and heads[0].inner.out_features == 1000
+    assert heads[0].inner.weight.dtype == torch.float32
+    x = torch.randn(2, 1024, dtype=torch.bfloat16)
+    assert heads[0](x).dtype == torch.float32
+    # On the CPU the setting changes nothing.
+    cpu = prepare_module(
+        mobilenet_v3_small(), torch.device("cpu"), channels_last=True, compile=False, half="float16"
+    )
+    assert all(p.dtype == torch.float32 for p in cpu.parameters())

@@ -76,7 +76,7 @@ class ClassificationHandler(Handler):
         )
 
     def decode(self, data: bytes, params: Any) -> Any:
-        """uint8 (3, S, S): numpy, or a CUDA tensor with GPU decode."""
+        """uint8 (3, S, S) numpy; with GPU decode, a JPEG waits to be decoded with its batch."""
         return self._decode(data)
 
     def collate(self, items: list[Any]) -> Any:

@@ -163,3 +163,33 @@ def test_memory_gauge_reports_reserved_memory() -> None:
     reserved = value("visionq_gpu_memory_reserved_bytes", {"device": "cuda:0"})
     assert allocated is not None and reserved is not None
     assert reserved >= allocated >= keep.numel()
+
+
+def test_gpu_decode_is_one_batched_call_and_a_refused_jpeg_takes_the_cpu_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.gpu_worker import gpu_decode
+    from tests.images import make_image
+    from tests.real_world import save
+
+    calls: list[int] = []
+    real = gpu_decode._decode_jpegs
+
+    def counting(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        calls.append(len(data))
+        return real(data, device)
+
+    monkeypatch.setattr(gpu_decode, "_decode_jpegs", counting)
+    decode = gpu_decode.make_gpu_decoder(PRE, 40_000_000, CUDA)
+    jpegs = [save(make_image(i, (640, 480)), "JPEG") for i in range(8)]
+    batch = gpu_decode.stack_batch([decode(d) for d in jpegs], CUDA)
+    assert batch.shape == (8, 3, 224, 224) and calls == [8]  # one nvJPEG call, not 8
+
+    # A progressive-looking stream nvJPEG rejects: truncated scan data after a valid header.
+    calls.clear()
+    broken = decode(jpegs[0])
+    assert isinstance(broken, gpu_decode.PendingJpeg)
+    broken.data = broken.data[: len(broken.data) // 3]
+    out = gpu_decode.stack_batch([decode(jpegs[1]), broken], CUDA)
+    assert out.shape == (2, 3, 224, 224)
+    assert calls[0] == 2  # the batch call first, then one by one after its failure

@@ -277,3 +277,33 @@ def test_half_weights_keep_norms_and_the_head_in_float32() -> None:
         mobilenet_v3_small(), torch.device("cpu"), channels_last=True, compile=False, half="float16"
     )
     assert all(p.dtype == torch.float32 for p in cpu.parameters())
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "torchvision"])
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_batched_jpeg_decode_turns_images_upright_exactly_once(
+    backend: str, orientation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from models.preprocess import decode_and_preprocess
+    from services.gpu_worker import gpu_decode
+    from tests.images import make_image
+    from tests.real_world import exif_bytes, save
+
+    cpu = torch.device("cpu")
+    if backend == "torchvision":
+        monkeypatch.setattr(gpu_decode, "_codec_on", lambda device: None)
+    elif gpu_decode._codec_on(cpu) is None:
+        pytest.skip("TorchCodec is not installed")
+    pre = (
+        __import__("models.specs", fromlist=["BUILTIN_MODELS"])
+        .BUILTIN_MODELS["mobilenet_v3_small"]
+        .preprocess
+    )
+    data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
+    decode = gpu_decode.make_gpu_decoder(pre, 40_000_000, cpu)
+    batch = gpu_decode.stack_batch([decode(data), decode(data)], cpu)
+    assert isinstance(batch, torch.Tensor) and batch.shape == (2, 3, 224, 224)
+    reference = decode_and_preprocess(data, pre, max_pixels=40_000_000).astype(int)
+    assert np.abs(batch[0].numpy().astype(int) - reference).mean() < 4

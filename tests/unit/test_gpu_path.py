@@ -16,6 +16,7 @@ import pytest
 import torch
 from pydantic import BaseModel
 
+from models.specs import BUILTIN_MODELS
 from services.cli.supervisor import worker_spec
 from services.gpu_worker.cuda_errors import is_device_fault, is_oom
 from services.gpu_worker.device import (
@@ -296,11 +297,7 @@ def test_batched_jpeg_decode_turns_images_upright_exactly_once(
         monkeypatch.setattr(gpu_decode, "_codec_on", lambda device: None)
     elif gpu_decode._codec_on(cpu) is None:
         pytest.skip("TorchCodec is not installed")
-    pre = (
-        __import__("models.specs", fromlist=["BUILTIN_MODELS"])
-        .BUILTIN_MODELS["mobilenet_v3_small"]
-        .preprocess
-    )
+    pre = BUILTIN_MODELS["mobilenet_v3_small"].preprocess
     data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
     decode = gpu_decode.make_gpu_decoder(pre, 40_000_000, cpu)
     batch = gpu_decode.stack_batch([decode(data), decode(data)], cpu)

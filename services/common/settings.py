@@ -139,6 +139,9 @@ class ApiSettings(CommonSettings):
     predict_timeout_s: float = Field(30.0, gt=0, description="default wait of /v1/predict")
     max_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(2, ge=1)
+    run_token: str = Field(
+        "", max_length=64, description="set by visionq up; /healthz echoes it (process identity)"
+    )
 
     # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
     _key_digests: tuple[bytes, ...] = PrivateAttr(default=())

@@ -135,6 +135,7 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
         raise
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
     body["status_url"] = f"/v1/batches/{batch_id}"
+    body["refused"] = [r.to_api() for r in form.refused]
     return JSONResponse(body, status_code=201)
 
 
@@ -147,7 +148,8 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
     form = await read_form(request, state.settings, state.registry, model=meta["model"])
     form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
     total = await _add(state, batch_id, form)
-    return {"batch_id": batch_id, "added": len(form.files), "total": total}
+    refused = [r.to_api() for r in form.refused]
+    return {"batch_id": batch_id, "added": len(form.files), "total": total, "refused": refused}
 
 
 @router.get("/{batch_id}")

@@ -126,7 +126,10 @@ def prepare_module(
     """
     if channels_last and device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
-    if half is not None and device.type == "cuda":
+    # Not for TorchScript: autocast does not reach inside a scripted graph, so half weights
+    # would meet float32 inputs there.
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    if half is not None and device.type == "cuda" and not scripted:
         module = half_weights(module, torch.bfloat16 if half == "bfloat16" else torch.float16)
     if compile:
         import torch._dynamo.config as dynamo_config

@@ -304,3 +304,14 @@ def test_batched_jpeg_decode_turns_images_upright_exactly_once(
     assert isinstance(batch, torch.Tensor) and batch.shape == (2, 3, 224, 224)
     reference = decode_and_preprocess(data, pre, max_pixels=40_000_000).astype(int)
     assert np.abs(batch[0].numpy().astype(int) - reference).mean() < 4
+
+
+def test_torchscript_models_keep_float32_weights() -> None:
+    from models.handlers.tensors import prepare_module
+
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()))
+    # A CUDA device object (no GPU needed: nothing is moved) reaches the decision.
+    out = prepare_module(
+        scripted, torch.device("cuda"), channels_last=False, compile=False, half="float16"
+    )
+    assert all(p.dtype == torch.float32 for p in out.parameters())

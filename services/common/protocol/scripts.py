@@ -120,15 +120,22 @@ def _json(value: dict[str, Any] | None) -> str:
     return "" if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def finish_jobs(client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int) -> None:
-    """Store every outcome, drop the images, wake the waiters: one call per batch."""
+def finish_jobs(
+    client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int, worker: str
+) -> list[bool]:
+    """Store every outcome ``worker`` still owns, drop the images, wake the waiters.
+
+    One call per batch; per job, whether it was stored (see lua/finish.lua: a job claimed
+    again elsewhere, or already ended, is not).
+    """
     if not ends:
-        return
+        return []
     keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs([e.job_id for e in ends])]
-    args: list[Any] = [now, result_ttl_s]
+    args: list[Any] = [now, result_ttl_s, worker]
     for end in ends:
         args += [end.job_id, end.status, _json(end.result), _json(end.error), _json(end.timings)]
-    client.register_script(FINISH_LUA)(keys=keys, args=args)
+    raw = client.register_script(FINISH_LUA)(keys=keys, args=args)
+    return [bool(int(flag)) for flag in raw]
 
 
 async def cancel_jobs(

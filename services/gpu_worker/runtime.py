@@ -25,7 +25,7 @@ from services.common.logs import log_context
 from services.common.settings import WorkerSettings
 from services.gpu_worker import job_trace
 from services.gpu_worker.batcher import Batcher
-from services.gpu_worker.device import DevicePlan, default_threads
+from services.gpu_worker.device import DevicePlan, available_cpus, default_threads
 from services.gpu_worker.handback import HandBack
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.prepare import (
@@ -240,7 +240,7 @@ class Runtime:
 
         device, label = resolve_device(self.plan)
         self.device_label = label
-        torch_threads, decode_threads = default_threads(device.type, os.cpu_count())
+        torch_threads, decode_threads = default_threads(device.type, available_cpus())
         torch_threads = self.settings.torch_threads or torch_threads
         decode_threads = self.settings.decode_threads or decode_threads
         # Same thread sets the thread count, loads and runs the model (see FACTS: a forward

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,10 +22,22 @@ def _encode(encode: EncodeFn, output: Any, params: Any) -> dict[str, Any] | Forw
     if isinstance(output, ForwardError):
         return output
     try:
-        return encode(output, params)
+        result = encode(output, params)
     except Exception as exc:  # a handler's encode failing for one item fails that item only
         logger.warning("encoding a result failed: %r", exc)
         return ForwardError("inference_error", f"encode: {type(exc).__name__}: {exc}"[:500])
+    # The batch's results are serialised together when stored: a value JSON cannot carry
+    # (a numpy scalar, bytes, NaN) found there would fail every job of the batch and end the
+    # worker, so each result is checked here, where it fails its own job only (RFC 8259
+    # has no NaN or Infinity).
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        logger.warning("a handler's result is not JSON: %r", exc)
+        return ForwardError(
+            "inference_error", f"encode returned a result that is not JSON: {exc}"[:500]
+        )
+    return result
 
 
 def outcomes_for(

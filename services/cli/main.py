@@ -8,8 +8,12 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from services.common.settings import ApiSettings
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -60,6 +64,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
+    _refuse_evicting_redis(settings)
     _fresh_multiproc_dir(args.workers)
     uvicorn.run(
         "services.api.app:create_app",
@@ -70,6 +75,23 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
     )
     return 0
+
+
+def _refuse_evicting_redis(settings: ApiSettings) -> None:
+    """Exit 2 with the reason when Redis would evict jobs (a Redis that is down is fine)."""
+    import redis
+
+    from services.common.redis_memory import read_memory
+
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+    )
+    try:
+        read_memory(client, check=settings.redis_policy_check)
+    finally:
+        client.close()
 
 
 def _fresh_multiproc_dir(workers: int) -> Path | None:

@@ -9,6 +9,7 @@ queue limit, claim against cancel) are Lua scripts, so each is one atomic round 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,6 +55,12 @@ def queue_name(model: str, lane: str = INTERACTIVE) -> str:
     backlog of them never sits in front of an interactive request in Redis.
     """
     return f"gpu.{model}" if lane == INTERACTIVE else f"gpu.{model}.{lane}"
+
+
+def idempotency_key(scope: str, route: str, key: str) -> str:
+    """Redis key of an Idempotency-Key's record: per API-key scope and per route path."""
+    digest = hashlib.sha256(f"{route}\n{key}".encode()).hexdigest()
+    return f"vq:idem:{scope}:{digest}"
 
 
 def worker_key(worker_id: str) -> str:
@@ -120,16 +127,32 @@ end
 # (services/gpu_worker/sweeper.py) finds the ones whose message was lost.
 QUEUED_INDEX = "vq:queued"
 
-# KEYS[1]=done channel, KEYS[2]=queue list, then job/image key pairs. ARGV: max_depth,
-# job_ttl, model, created, top_k, deadline, lane, then (id, filename, bytes) triples.
-# Returns -1 when the queue is too deep (nothing written), else the queue depth seen.
+# KEYS[1]=done channel, KEYS[2]=queue list, then job/image key pairs, then the idempotency
+# key when ARGV[8] is not ''. ARGV: max_depth, job_ttl, model, created, top_k, deadline, lane,
+# idempotency record, max_bytes (0 = none), then (id, filename, bytes) triples.
+# Returns -1 when the queue is too deep, -2 when Redis's used memory plus the images would
+# pass max_bytes, the stored record (a string) when the idempotency key was used before
+# (nothing written in these three cases), else the queue depth seen.
 SUBMIT_LUA = """
+local idem = ARGV[8] ~= ''
+-- idempotency: a key seen before answers with its record and writes nothing
+if idem then
+  local seen = redis.call('GET', KEYS[#KEYS])
+  if seen then return seen end
+end
 local depth = redis.call('LLEN', KEYS[2])
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 2 - (idem and 1 or 0)) / 2
 if depth + n > tonumber(ARGV[1]) then return -1 end
+-- memory budget: refuse by bytes before Redis itself refuses writes (maxmemory)
+if tonumber(ARGV[9]) > 0 then
+  local info = redis.call('INFO', 'memory')
+  local bytes = tonumber(string.match(info, 'used_memory:(%d+)'))
+  for i = 0, n - 1 do bytes = bytes + #ARGV[12 + 3*i] end
+  if bytes > tonumber(ARGV[9]) then return -2 end
+end
 for i = 0, n - 1 do
   local jk, ik = KEYS[3 + 2*i], KEYS[4 + 2*i]
-  local a = 8 + 3*i
+  local a = 10 + 3*i
   redis.call('HSET', jk, 'status', 'queued', 'model', ARGV[3], 'created', ARGV[4],
              'top_k', ARGV[5], 'deadline', ARGV[6], 'lane', ARGV[7],
              'filename', ARGV[a + 1], 'deliveries', 0)
@@ -137,6 +160,7 @@ for i = 0, n - 1 do
   redis.call('SET', ik, ARGV[a + 2], 'EX', ARGV[2])
   redis.call('ZADD', 'vq:queued', ARGV[4], ARGV[a])
 end
+if idem then redis.call('SET', KEYS[#KEYS], ARGV[8], 'EX', ARGV[2]) end
 return depth
 """
 
@@ -146,8 +170,12 @@ return depth
 # suspect. In mode "batch" a job already marked running (a redelivery: its last worker
 # died) is only reported as suspect, not counted: the worker claims it again alone
 # (mode "solo") when it is ready to run it by itself.
+# allow-oom (here and in CANCEL_LUA): a full Redis must still drain; see services/common/lua.
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 CLAIM_LUA = (
-    _FINISH_FN
+    _ALLOW_OOM
+    + _FINISH_FN
     + """
 local out = {}
 local n = (#KEYS - 1) / 2
@@ -192,7 +220,8 @@ return out
 # KEYS: done channel, job key, image key. ARGV: result ttl, job id.
 # Returns 1 when cancelled, 0 when the job exists but has started or ended, -1 when unknown.
 CANCEL_LUA = (
-    _FINISH_FN
+    _ALLOW_OOM
+    + _FINISH_FN
     + """
 local st = redis.call('HGET', KEYS[2], 'status')
 if not st then return -1 end

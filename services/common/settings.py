@@ -54,6 +54,11 @@ class CommonSettings(BaseSettings):
     queue_max_depth: int = Field(10000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    redis_policy_check: bool = Field(
+        True,
+        description="refuse to start on a Redis whose maxmemory-policy evicts keys; turn off "
+        "only for a managed Redis that hides CONFIG and is known to run noeviction",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("models", mode="before")
@@ -110,6 +115,12 @@ class ApiSettings(CommonSettings):
     predict_timeout_s: float = Field(30.0, gt=0, description="default wait of /v1/predict")
     max_timeout_s: float = Field(300.0, gt=0)
     retry_after_s: int = Field(2, ge=1)
+    queue_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Redis used_memory (bytes) past which submits get 429 queue_full; "
+        "unset: 80% of Redis's maxmemory when it has one; 0: no byte limit",
+    )
 
     # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
     _key_digests: tuple[bytes, ...] = PrivateAttr(default=())

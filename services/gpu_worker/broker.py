@@ -10,20 +10,49 @@ Here those calls give up quietly instead: the messages stay in kombu's ``unacked
 Redis and come back through the visibility-timeout sweep, and a job that already has its
 result is acked on redelivery without running again (see CLAIM_LUA), so nothing is lost or
 run twice.
+
+A Redis at its ``maxmemory`` (noeviction) refuses kombu's writes too: the queue binding
+made at start-up (the worker exited with "Unrecoverable error") and the unacked record of
+each delivered message (written after the message left its list: a refusal would lose it).
+Both are tiny and go through ``allow-oom`` scripts here, so a worker starts and drains a
+full Redis; the periodic unacked sweep just skips its turn while Redis is full.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+from services.common.lua import lua
 
 logger = logging.getLogger(__name__)
 
 
 class QoS(kombu_redis.QoS):
-    """QoS whose Redis bookkeeping tolerates a channel whose connection was dropped."""
+    """QoS whose Redis bookkeeping tolerates a dropped connection and a full Redis."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delivery = message.delivery_info
+        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        with self.channel.conn_or_acquire() as client:
+            client.register_script(lua("kombu_append"))(
+                keys=[self.unacked_index_key, self.unacked_key],
+                args=[time.time(), delivery_tag, raw],
+            )
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        try:
+            return super().restore_visible(start, num, interval)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            logger.info("Redis is full: the unacked sweep skips this turn")
+            return None
 
     def restore_unacked(self, client: Any = None) -> Any:
         try:
@@ -51,9 +80,20 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
-    """Redis channel using the tolerant QoS."""
+    """Redis channel using the tolerant QoS; binds queues even while Redis is full."""
 
     QoS = QoS
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            # The same two set members kombu writes (the fanout marking above already ran).
+            member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+            keys = [self.keyprefix_queue % (exchange,)]
+            keys.append(self.keyprefix_binding_permanent % (exchange,))
+            with self.conn_or_acquire() as client:
+                client.register_script(lua("kombu_bind"))(keys=keys, args=[member])
 
 
 class Transport(kombu_redis.Transport):

@@ -26,6 +26,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from models.specs import load_registry
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
+    from services.common.redis_memory import read_memory
     from services.common.settings import get_worker_settings
     from services.gpu_worker.broker import TRANSPORT_PATH
     from services.gpu_worker.gpu_stats import start_gpu_sampler
@@ -63,6 +64,8 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         raise ConfigError(f"VISIONQ_REDIS_URL: Redis refused the credentials ({exc})") from exc
     except redis.RedisError:
         pass  # not up yet: Celery and the runtime retry until it is
+    # An evicting Redis would drop the jobs this worker is to run: refuse it (ConfigError).
+    read_memory(client, check=settings.redis_policy_check)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)

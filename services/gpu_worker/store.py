@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from services.common.jobs import (
     CLAIM_LUA,
@@ -19,8 +19,13 @@ from services.common.jobs import (
     image_key,
     job_key,
 )
+from services.common.lua import lua
 
 logger = logging.getLogger(__name__)
+
+
+def _json(value: dict[str, Any] | None) -> str:
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, result_ttl_s: int, max_deliveries: int) -> None:
         self._client = client
         self._claim = client.register_script(CLAIM_LUA)
+        self._finish = client.register_script(lua("finish"))
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
@@ -79,25 +85,17 @@ class JobStore:
         return claims
 
     def finish(self, outcomes: Sequence[Outcome]) -> None:
-        """Store every outcome, drop the images, wake waiters: one pipeline."""
-        now = time.time()
-        pipe = self._client.pipeline(transaction=False)
+        """Store every outcome, drop the images, wake waiters: one atomic script call.
+
+        The script may write while Redis is full (allow-oom): each job it ends frees its image.
+        """
+        keys = [DONE_CHANNEL]
+        args: list[EncodableT] = [self._result_ttl_s, time.time()]
         for out in outcomes:
-            key = job_key(out.job_id)
-            fields: dict[FieldT, EncodableT] = {"status": out.status.value, "finished": now}
-            if out.result is not None:
-                fields["result"] = json.dumps(out.result, separators=(",", ":"))
-            if out.error is not None:
-                fields["error"] = json.dumps(out.error, separators=(",", ":"))
-            if out.timings is not None:
-                fields["timings"] = json.dumps(out.timings, separators=(",", ":"))
-            pipe.hset(key, mapping=fields)
-            # Counts how often a result was written: the fault tests prove it stays 1.
-            pipe.hincrby(key, "stores", 1)
-            pipe.expire(key, self._result_ttl_s)
-            pipe.delete(image_key(out.job_id))
-            pipe.publish(DONE_CHANNEL, out.job_id)
-        pipe.execute()
+            keys += [job_key(out.job_id), image_key(out.job_id)]
+            args += [out.job_id, out.status.value, _json(out.result), _json(out.error)]
+            args.append(_json(out.timings))
+        self._finish(keys=keys, args=args)
 
     def finish_until_stored(self, outcomes: Sequence[Outcome], stop_after_s: float) -> bool:
         """Retry ``finish`` while Redis is away: a result not stored must not be acked."""

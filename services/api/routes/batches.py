@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.api.deps import StateDep
+from services.api.idempotency import Idempotency, idempotency_of
 from services.api.records import fetch_records, fetch_statuses
 from services.api.state import ApiState
 from services.api.submit import check_model, new_job_ids, submit
@@ -72,10 +73,19 @@ def _ttl(state: ApiState) -> int:
     return state.settings.job_ttl_s + state.settings.result_ttl_s
 
 
-async def _add(state: ApiState, batch_id: str, form: SubmitForm) -> int:
-    """Queue the form's files on the bulk lane and record them as members; the new total."""
+async def _add(
+    state: ApiState, batch_id: str, form: SubmitForm, idem: Idempotency | None = None
+) -> tuple[int, str]:
+    """Queue the form's files on the bulk lane and record them as members.
+
+    Returns the batch's new total and its id: an Idempotency-Key retry adds nothing and
+    answers with the batch the first request used.
+    """
     job_ids = new_job_ids(len(form.files))
-    await submit(state, form, job_ids, lane=BULK)
+    earlier = await submit(state, form, job_ids, lane=BULK, idem=idem, batch_id=batch_id)
+    if earlier is not None:
+        first = str(earlier["batch_id"])
+        return int(await state.redis.llen(members_key(first))), first
     pipe = state.redis.pipeline(transaction=True)
     pipe.rpush(members_key(batch_id), *job_ids)
     pipe.expire(members_key(batch_id), _ttl(state))
@@ -85,7 +95,7 @@ async def _add(state: ApiState, batch_id: str, form: SubmitForm) -> int:
     if cancelled:
         # A DELETE ran while these were being stored: it could not see them, so do its work.
         await _cancel(state, job_ids)
-    return int(total)
+    return int(total), batch_id
 
 
 async def _ids(state: ApiState, batch_id: str, offset: int = 0) -> AsyncIterator[list[str]]:
@@ -135,16 +145,20 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
     form = await read_form(request, state.settings)
     check_model(state, form.model)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
     batch_id = uuid.uuid4().hex
     meta: list[str | int | float] = ["model", form.model, "top_k", form.top_k]
     meta += ["created", time.time()]
     await state.redis.hset(batch_key(batch_id), items=meta)
     await state.redis.expire(batch_key(batch_id), _ttl(state))
     try:
-        total = await _add(state, batch_id, form)
+        total, first = await _add(state, batch_id, form, idem)
     except BaseException:
         await state.redis.delete(batch_key(batch_id))
         raise
+    if first != batch_id:  # a retry: the batch made by the first request stands
+        await state.redis.delete(batch_key(batch_id))
+        batch_id = first
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
     body["status_url"] = f"/v1/batches/{batch_id}"
     return JSONResponse(body, status_code=201)
@@ -158,7 +172,8 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
         raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
     form = await read_form(request, state.settings)
     form = dataclasses.replace(form, model=meta["model"], top_k=int(meta["top_k"]))
-    total = await _add(state, batch_id, form)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    total, _ = await _add(state, batch_id, form, idem)
     return {"batch_id": batch_id, "added": len(form.files), "total": total}
 
 

@@ -14,14 +14,19 @@ run twice.
 A Redis at its ``maxmemory`` (noeviction) refuses kombu's writes too: the queue binding
 made at start-up (the worker exited with "Unrecoverable error") and the unacked record of
 each delivered message (written after the message left its list: a refusal would lose it).
-Both are tiny and go through ``allow-oom`` scripts here, so a worker starts and drains a
-full Redis; the periodic unacked sweep just skips its turn while Redis is full.
+Both are tiny and go through ``allow-oom`` scripts here. Redis also refuses every command
+queued in a MULTI while it is full, even reads and deletions, so the queue-size read of
+``queue_declare`` and the ack's two deletions run as plain (non-transactional) pipelines:
+neither needs atomicity. So a worker starts and drains a full Redis; the periodic unacked
+sweep just skips its turn while Redis is full.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -46,6 +51,15 @@ class QoS(kombu_redis.QoS):
                 args=[time.time(), delivery_tag, raw],
             )
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        # kombu's own transactions (restore_by_tag) pass their pipe; ack and reject don't.
+        if pipe is not None:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as conn:
+                yield conn.pipeline(transaction=False)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
         try:
@@ -83,6 +97,13 @@ class Channel(kombu_redis.Channel):
     """Redis channel using the tolerant QoS; binds queues even while Redis is full."""
 
     QoS = QoS
+
+    def _size(self, queue: str) -> int:
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))  # type: ignore[no-untyped-call]
+            return sum(size for size in pipe.execute() if isinstance(size, int))
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         try:

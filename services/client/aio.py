@@ -13,6 +13,7 @@ import httpx
 
 from services.client._shared import (
     DEFAULT_URL,
+    IDEMPOTENCY_HEADER,
     RETRY_STATUSES,
     FileInput,
     RetryPolicy,
@@ -20,6 +21,7 @@ from services.client._shared import (
     chunks,
     file_parts,
     form_fields,
+    idempotency_headers,
     json_body,
 )
 from services.client.errors import ApiError, TransportError
@@ -71,6 +73,13 @@ class AsyncClient:
                     raise TransportError(f"{method} {path}: {exc}") from exc
                 await asyncio.sleep(self.retry.delay(attempt, None))
                 continue
+            except httpx.TransportError as exc:
+                # Sent but unanswered: only a request with an Idempotency-Key (the same one on
+                # every attempt) may be sent again, as the server then creates nothing twice.
+                if last or IDEMPOTENCY_HEADER not in kwargs.get("headers", {}):
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt, None))
+                continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code in RETRY_STATUSES and not last:
@@ -95,6 +104,7 @@ class AsyncClient:
             "/v1/predict",
             files=file_parts(files),
             data=form_fields(model, top_k, timeout),
+            headers=idempotency_headers(),
             **kwargs,
         )
         body = json_body(resp)
@@ -106,7 +116,11 @@ class AsyncClient:
     ) -> list[JobRef]:
         """Queue the files as interactive jobs; their ids to poll."""
         resp = await self._request(
-            "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
+            "POST",
+            "/v1/jobs",
+            files=file_parts(files),
+            data=form_fields(model, top_k),
+            headers=idempotency_headers(),
         )
         return [
             JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
@@ -148,7 +162,11 @@ class AsyncClient:
             raise ValueError("give at least one file")
         first, *rest = chunks(files, chunk_size)
         resp = await self._request(
-            "POST", "/v1/batches", files=file_parts(first), data=form_fields(model, top_k)
+            "POST",
+            "/v1/batches",
+            files=file_parts(first),
+            data=form_fields(model, top_k),
+            headers=idempotency_headers(),
         )
         batch_id = str(json_body(resp)["batch_id"])
         for part in rest:
@@ -164,9 +182,9 @@ class AsyncClient:
         return await self.batch(batch_id)
 
     async def _add(self, batch_id: str, files: Sequence[FileInput]) -> None:
-        json_body(
-            await self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files))
-        )
+        path = f"/v1/batches/{batch_id}/files"
+        headers = idempotency_headers()
+        json_body(await self._request("POST", path, files=file_parts(files), headers=headers))
 
     async def batch(self, batch_id: str) -> BatchStatus:
         """A batch's progress: total, succeeded, failed, cancelled, pending."""

@@ -12,6 +12,7 @@ import httpx
 
 from services.client._shared import (
     DEFAULT_URL,
+    IDEMPOTENCY_HEADER,
     RETRY_STATUSES,
     FileInput,
     RetryPolicy,
@@ -19,6 +20,7 @@ from services.client._shared import (
     chunks,
     file_parts,
     form_fields,
+    idempotency_headers,
     json_body,
 )
 from services.client.errors import ApiError, TransportError
@@ -70,6 +72,13 @@ class Client:
                     raise TransportError(f"{method} {path}: {exc}") from exc
                 time.sleep(self.retry.delay(attempt, None))
                 continue
+            except httpx.TransportError as exc:
+                # Sent but unanswered: only a request with an Idempotency-Key (the same one on
+                # every attempt) may be sent again, as the server then creates nothing twice.
+                if last or IDEMPOTENCY_HEADER not in kwargs.get("headers", {}):
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt, None))
+                continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code in RETRY_STATUSES and not last:
@@ -94,6 +103,7 @@ class Client:
             "/v1/predict",
             files=file_parts(files),
             data=form_fields(model, top_k, timeout),
+            headers=idempotency_headers(),
             **kwargs,
         )
         body = json_body(resp)
@@ -105,7 +115,11 @@ class Client:
     ) -> list[JobRef]:
         """Queue the files as interactive jobs; their ids to poll."""
         resp = self._request(
-            "POST", "/v1/jobs", files=file_parts(files), data=form_fields(model, top_k)
+            "POST",
+            "/v1/jobs",
+            files=file_parts(files),
+            data=form_fields(model, top_k),
+            headers=idempotency_headers(),
         )
         return [
             JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
@@ -147,7 +161,11 @@ class Client:
             raise ValueError("give at least one file")
         first, *rest = chunks(files, chunk_size)
         resp = self._request(
-            "POST", "/v1/batches", files=file_parts(first), data=form_fields(model, top_k)
+            "POST",
+            "/v1/batches",
+            files=file_parts(first),
+            data=form_fields(model, top_k),
+            headers=idempotency_headers(),
         )
         batch_id = str(json_body(resp)["batch_id"])
         for part in rest:
@@ -163,7 +181,9 @@ class Client:
         return self.batch(batch_id)
 
     def _add(self, batch_id: str, files: Sequence[FileInput]) -> None:
-        json_body(self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files)))
+        path = f"/v1/batches/{batch_id}/files"
+        headers = idempotency_headers()
+        json_body(self._request("POST", path, files=file_parts(files), headers=headers))
 
     def batch(self, batch_id: str) -> BatchStatus:
         """A batch's progress: total, succeeded, failed, cancelled, pending."""

@@ -22,7 +22,9 @@ KEY_PREFIX = "vq:rl:"
 
 # GCRA: the bucket is the "theoretical arrival time" (tat) of the next request, in ms.
 # A request is allowed while tat - now <= tolerance; each allowed one moves tat on by interval.
-_GCRA_LUA = """
+# allow-oom: one small key per API key; reading results and cancelling must keep working
+# (and drain the backlog) while Redis is at its maxmemory.
+_GCRA_LUA = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])

@@ -21,36 +21,13 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     import redis
-    from prometheus_client import start_http_server
 
-    from models.specs import load_registry
-    from services.common.celery_app import make_celery
-    from services.common.jobs import LANES, queue_name
     from services.common.redis_memory import read_memory
     from services.common.settings import get_worker_settings
-    from services.gpu_worker.broker import TRANSPORT_PATH
-    from services.gpu_worker.gpu_stats import start_gpu_sampler
-    from services.gpu_worker.heartbeat import Heartbeat
-    from services.gpu_worker.metrics import WorkerMetrics
-    from services.gpu_worker.runtime import Runtime
-    from services.gpu_worker.store import JobStore
-    from services.gpu_worker.sweeper import LostMessageSweeper
-    from services.gpu_worker.tasks import register_tasks
 
+    # Redis first, before the heavy imports and the model load: a wrong password or an
+    # evicting Redis stops the worker in a second with the reason.
     settings = get_worker_settings()
-    update: dict[str, object] = {"worker_index": index}
-    if models:
-        update["models"] = models
-    settings = settings.model_copy(update=update)
-    registry = load_registry(settings.models_file)
-    unknown = [m for m in settings.models if m not in registry]
-    if unknown:
-        raise ConfigError(
-            f"unknown model(s) {', '.join(unknown)}: built-in are {', '.join(sorted(registry))}; "
-            "declare others in VISIONQ_MODELS_FILE"
-        )
-    specs = {name: registry[name] for name in settings.models}
-
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout_s,
@@ -66,6 +43,34 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         pass  # not up yet: Celery and the runtime retry until it is
     # An evicting Redis would drop the jobs this worker is to run: refuse it (ConfigError).
     read_memory(client, check=settings.redis_policy_check)
+
+    from prometheus_client import start_http_server
+
+    from models.specs import load_registry
+    from services.common.celery_app import make_celery
+    from services.common.jobs import LANES, queue_name
+    from services.gpu_worker.broker import TRANSPORT_PATH
+    from services.gpu_worker.gpu_stats import start_gpu_sampler
+    from services.gpu_worker.heartbeat import Heartbeat
+    from services.gpu_worker.metrics import WorkerMetrics
+    from services.gpu_worker.runtime import Runtime
+    from services.gpu_worker.store import JobStore
+    from services.gpu_worker.sweeper import LostMessageSweeper
+    from services.gpu_worker.tasks import register_tasks
+
+    update: dict[str, object] = {"worker_index": index}
+    if models:
+        update["models"] = models
+    settings = settings.model_copy(update=update)
+    registry = load_registry(settings.models_file)
+    unknown = [m for m in settings.models if m not in registry]
+    if unknown:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown)}: built-in are {', '.join(sorted(registry))}; "
+            "declare others in VISIONQ_MODELS_FILE"
+        )
+    specs = {name: registry[name] for name in settings.models}
+
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)

@@ -97,6 +97,36 @@ def _fill(client: redis.Redis) -> None:
     client.eval(over, 1, "filler:over", b"x" * 1_000_000)
 
 
+def _every_route_while_full(client: httpx.Client, accepted: list[str]) -> None:
+    """Reads are served; writes are refused with the contract's JSON; never a plain 500; the
+    connection is kept after each answer."""
+    image = [("file", ("f.jpg", _noise_jpeg(4242), "image/jpeg"))]
+    form = {"model": TEST_MODEL}
+    assert client.get(f"/v1/jobs/{accepted[0]}").json()["status"] == "queued"
+    assert client.get("/v1/models").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/").status_code == 200
+    unknown = "0" * 32
+    for method, path, kwargs in [
+        ("POST", "/v1/predict", {"files": image, "data": {**form, "timeout": "1"}}),
+        ("POST", "/v1/jobs", {"files": image, "data": form}),
+        ("POST", "/v1/batches", {"files": image, "data": form}),
+        ("POST", f"/v1/batches/{unknown}/files", {"files": image}),
+        ("GET", f"/v1/batches/{unknown}", {}),
+        ("DELETE", f"/v1/batches/{unknown}", {}),
+        ("GET", f"/v1/jobs/{unknown}", {}),
+        ("DELETE", f"/v1/jobs/{unknown}", {}),
+    ]:
+        resp = client.request(method, path, **kwargs)
+        assert resp.status_code != 500, (path, resp.text)
+        assert resp.headers["content-type"].startswith("application/json"), (path, resp.text)
+        if resp.status_code in (429, 503):
+            _check_refusal(resp, client)
+        else:
+            assert resp.status_code == 404, (path, resp.text)  # the unknown ids
+            assert _local_port(client.get("/healthz")) == _local_port(resp)
+
+
 def test_full_redis_refuses_cleanly_and_a_late_worker_drains_it(
     small_redis: RedisServer, models_file: Path, tmp_path: Path
 ) -> None:
@@ -134,8 +164,7 @@ def test_full_redis_refuses_cleanly_and_a_late_worker_drains_it(
             assert _check_refusal(resp, client) == "storage_full"
             resp = client.post("/v1/jobs", files=parts, data={"model": TEST_MODEL})
             _check_refusal(resp, client)
-            # Reads still work while full.
-            assert client.get(f"/v1/jobs/{accepted[0]}").json()["status"] == "queued"
+            _every_route_while_full(client, accepted)
 
             # A worker started while Redis is full starts, and drains the backlog.
             with pytest.raises(redis.exceptions.OutOfMemoryError):

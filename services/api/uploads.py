@@ -102,7 +102,9 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
         name = safe_filename(part.filename, index)
         data = await part.read()
         try:
-            info = check_image(data, max_pixels=settings.max_image_pixels)
+            info = check_image(
+                data, max_pixels=settings.max_image_pixels, formats=settings.accepted_formats
+            )
         except VisionqError as exc:
             exc.message = f"{name}: {exc.message}"
             exc.details["filename"] = name

@@ -33,7 +33,10 @@ from services.cli.predict_output import Sink, done_paths, open_sink
 from services.client import ApiError, AsyncClient, ClientError, RetryPolicy
 from services.common.errors import ConfigError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# Every format the server may accept; the server decides (415 for one it does not).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 _GLOB_CHARS = frozenset("*?[")
 
 Record = dict[str, Any]
@@ -226,7 +229,8 @@ def run_command(
     """The whole command: collect, skip what is done, predict, summarise; the exit code."""
     files = collect_images(paths)
     if not files:
-        raise ConfigError("no images found (looked for .jpg, .jpeg, .png, .webp files)")
+        looked = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ConfigError(f"no images found (looked for {looked} files)")
     if resume and out is None:
         raise ConfigError("--resume needs --out: it skips the files already done there")
     skipped = 0

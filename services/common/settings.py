@@ -15,6 +15,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.imaging.formats import KNOWN_FORMATS, available_formats
 from services.common.errors import ConfigError
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -22,6 +23,8 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # An origin is scheme://host[:port]: no path, no wildcard, nothing a browser would not send.
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF"}
 _BIND = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -60,6 +63,29 @@ class CommonSettings(BaseSettings):
         "only for a managed Redis that hides CONFIG and is known to run noeviction",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    accepted_formats: CommaList = Field(
+        default_factory=lambda: list(available_formats()),
+        description="image formats accepted (sniffed); default: every one this install reads",
+    )
+
+    @field_validator("accepted_formats", mode="before")
+    @classmethod
+    def _formats_list(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("accepted_formats")
+    @classmethod
+    def _formats_known(cls, value: list[str]) -> list[str]:
+        names = [_FORMAT_ALIASES.get(v.upper(), v.upper()) for v in value]
+        if not names:
+            raise ValueError(f"name at least one of {','.join(available_formats())}")
+        for name in names:
+            if name not in KNOWN_FORMATS:
+                raise ValueError(f"{name!r} is not one of {','.join(KNOWN_FORMATS)}")
+            if name not in available_formats():
+                hint = "pip install 'visionq[heif]'" if name == "HEIF" else "a Pillow with it"
+                raise ValueError(f"{name} cannot be read by this install; it needs {hint}")
+        return list(dict.fromkeys(names))
 
     @field_validator("models", mode="before")
     @classmethod
@@ -229,12 +255,33 @@ class WorkerSettings(CommonSettings):
         False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
     )
     gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
+    fast_decode: bool = Field(
+        False, description="decode big JPEGs at reduced scale (libjpeg DCT scaling); inexact"
+    )
+    alpha_background: str = Field(
+        "#ffffff", description="colour transparent images are flattened onto (#rrggbb)"
+    )
     fault_injection: bool = Field(False, description="tests only: marked images misbehave")
     batch_time_limit_s: float = Field(
         60.0, gt=0, le=3600, description="a forward pass longer than this kills the worker"
     )
     unacked_restore_interval_s: float = Field(2.0, gt=0, le=600)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _color_form(cls, value: str) -> str:
+        if not _HEX_COLOR.match(value.strip()):
+            raise ValueError(f"{value!r} is not a colour such as #ffffff")
+        return value.strip()
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        """``alpha_background`` as (r, g, b), 0-255."""
+        found = _HEX_COLOR.match(self.alpha_background)
+        assert found is not None  # checked by the validator
+        rgb = bytes.fromhex(found.group(1))
+        return rgb[0], rgb[1], rgb[2]
 
     @field_validator("device")
     @classmethod

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from models.preprocess import decode_and_preprocess
+from models.preprocess import WHITE, Color, decode_and_preprocess
 from models.specs import Preprocess
 from services.common.errors import VisionqError
 from services.common.jobs import Status
@@ -59,11 +59,26 @@ class Prepared:
 DecodeFn = Callable[[bytes], Any]
 
 
-def make_decoder(pre: Preprocess, max_pixels: int) -> DecodeFn:
-    """The per-image decode + resize + crop to uint8 for one model."""
+def make_decoder(
+    pre: Preprocess,
+    max_pixels: int,
+    *,
+    background: Color = WHITE,
+    formats: Iterable[str] | None = None,
+    fast_decode: bool = False,
+) -> DecodeFn:
+    """The per-image decode (as a viewer shows it) + resize + crop to uint8 for one model."""
+    accepted = tuple(formats) if formats is not None else None
 
     def decode(data: bytes) -> np.ndarray:
-        return decode_and_preprocess(data, pre, max_pixels=max_pixels)
+        return decode_and_preprocess(
+            data,
+            pre,
+            max_pixels=max_pixels,
+            background=background,
+            formats=accepted,
+            fast_decode=fast_decode,
+        )
 
     return decode
 

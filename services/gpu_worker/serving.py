@@ -52,7 +52,13 @@ def build_served(loaded: LoadedModel, settings: WorkerSettings, device: torch.de
             return out
 
     forward: ForwardFn = run
-    decode: DecodeFn = make_decoder(spec.preprocess, settings.max_image_pixels)
+    decode: DecodeFn = make_decoder(
+        spec.preprocess,
+        settings.max_image_pixels,
+        background=settings.background_rgb,
+        formats=settings.accepted_formats,
+        fast_decode=settings.fast_decode,
+    )
     if settings.fault_injection:
         from services.gpu_worker.faults import faulty_decoder, faulty_forward
 
@@ -65,7 +71,13 @@ def build_served(loaded: LoadedModel, settings: WorkerSettings, device: torch.de
         if device.type == "cuda":
             from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
 
-            decode = make_gpu_decoder(spec.preprocess, settings.max_image_pixels, device)
+            decode = make_gpu_decoder(
+                spec.preprocess,
+                settings.max_image_pixels,
+                device,
+                background=settings.background_rgb,
+                formats=settings.accepted_formats,
+            )
             stack = partial(stack_batch, device=device)
         else:
             logger.warning("VISIONQ_GPU_DECODE needs CUDA; decoding on the CPU")

@@ -95,3 +95,31 @@ def test_compile_with_buckets_runs() -> None:
     served = build_served(loaded, settings, torch.device("cuda:0"))
     batch = np.random.default_rng(0).integers(0, 255, (3, 3, 224, 224), dtype=np.uint8)
     assert served.run(batch).shape == (3, 1000)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_gpu_decode_applies_exif_orientation(orientation: int) -> None:
+    from models.preprocess import decode_and_preprocess
+    from services.gpu_worker.gpu_decode import make_gpu_decoder
+    from tests.images import make_image
+    from tests.real_world import exif_bytes, save
+
+    # Not square, so a missed rotation changes the crop, not just the pixel order.
+    data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
+    on_gpu = make_gpu_decoder(PRE, 40_000_000, torch.device("cuda:0"))(data)
+    assert isinstance(on_gpu, torch.Tensor) and on_gpu.device.type == "cuda"
+    on_cpu = decode_and_preprocess(data, PRE, max_pixels=40_000_000)
+    diff = np.abs(on_gpu.cpu().numpy().astype(int) - on_cpu.astype(int))
+    assert diff.mean() < 8  # different resamplers, same picture the same way up
+
+
+def test_gpu_decode_sends_thin_and_appended_jpegs_through_safe_paths() -> None:
+    from services.gpu_worker.gpu_decode import make_gpu_decoder
+    from tests.images import make_image
+    from tests.real_world import save
+
+    decode = make_gpu_decoder(PRE, 40_000_000, torch.device("cuda:0"))
+    thin = save(make_image(1, (400, 40)).resize((10, 4000)), "JPEG")
+    assert isinstance(decode(thin), np.ndarray)  # the CPU path resamples only the crop
+    appended = save(make_image(2, (320, 240)), "JPEG") + b"\x00ftypmp42" + b"\x17" * 100_000
+    assert decode(appended).shape == (3, 224, 224)

@@ -25,9 +25,9 @@ def _job_keys(stack: Stack) -> int:
     return sum(1 for _ in client.scan_iter(match="vq:job:*", count=500))
 
 
-def _gif() -> bytes:
+def _ico() -> bytes:
     buf = io.BytesIO()
-    make_image(1, (32, 32)).save(buf, format="GIF")
+    make_image(1, (32, 32)).save(buf, format="ICO")
     return buf.getvalue()
 
 
@@ -38,7 +38,7 @@ def _half(data: bytes) -> bytes:
 BAD_UPLOADS = [
     ("text", b"just some text, not an image", 415, "unsupported_media_type"),
     ("html", b"<html><body>hi</body></html>", 415, "unsupported_media_type"),
-    ("gif", _gif(), 415, "unsupported_media_type"),
+    ("ico", _ico(), 415, "unsupported_media_type"),
     ("empty", b"", 400, "invalid_image"),
     ("truncated_jpeg", _half(jpeg(5)), 400, "invalid_image"),
     ("truncated_png", _half(encode(make_image(5), "PNG")), 400, "invalid_image"),

@@ -22,11 +22,25 @@ def _seeds() -> list[bytes]:
     buf = io.BytesIO()
     rgb.save(buf, format="WEBP", lossless=True)
     out.append(buf.getvalue())
+    # The other accepted formats get the same checks; the GIF and TIFF have two frames.
+    for fmt in ("GIF", "TIFF", "BMP", "AVIF"):
+        buf = io.BytesIO()
+        extra = {"save_all": True, "append_images": [rgb.rotate(90)]} if fmt != "BMP" else {}
+        rgb.save(buf, format=fmt, **extra)
+        out.append(buf.getvalue())
     return out
 
 
 SEEDS = _seeds()
-MAGIC = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBP", b"GIF89a", b"II*\x00"]
+MAGIC = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"RIFF\x00\x00\x00\x00WEBP",
+    b"GIF89a",
+    b"II*\x00",
+    b"BM",
+    b"\x00\x00\x00\x1cftypavif",
+]
 
 
 @st.composite

@@ -100,4 +100,4 @@ def test_dockerfiles_bases_and_users() -> None:
     assert re.search(r"^FROM python:3\.11-slim", api, re.M)
     for text in (worker, api):
         assert _final_user(text) not in ("root", "0")
-    assert "'.[gpu]'" in worker  # nvidia-ml-py, for the GPU utilisation gauge
+    assert "'.[gpu,heif]'" in worker  # nvidia-ml-py (GPU utilisation gauge), pillow-heif (HEIC)

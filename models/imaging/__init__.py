@@ -1,0 +1,1 @@
+"""Reading uploads the way a viewer shows them: formats, structure checks, decoding."""

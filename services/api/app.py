@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -13,22 +14,31 @@ from models.specs import load_registry
 from services.api.deps import require_access
 from services.api.errors import ErrorShieldMiddleware, install_error_handlers
 from services.api.limits import BodyLimitMiddleware
-from services.api.metrics import MetricsMiddleware
+from services.api.metrics import API_METRICS, MetricsMiddleware
 from services.api.metrics_server import scrape, start_metrics_server
 from services.api.ratelimit import RateLimiter
 from services.api.routes import batches, health, jobs, models, submit, ui
 from services.api.state import ApiState, check_redis_memory, make_async_redis
 from services.api.waiter import ResultWaiter
+from services.common import logs, tracing
 from services.common.celery_app import make_celery
 from services.common.errors import ConfigError
 from services.common.settings import ApiSettings, get_api_settings
 
 logger = logging.getLogger(__name__)
 
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _UNTRACED
+
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the app; settings are read from the environment unless given."""
     settings = settings or get_api_settings()
+    # A no-op where the CLI already did it; uvicorn's spawned worker processes start bare.
+    logs.configure(settings.log_level, settings.log_format)
     registry = load_registry(settings.models_file)
     unknown = [m for m in settings.models if m not in registry]
     if unknown:
@@ -59,11 +69,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await waiter.stop()
             await client.aclose()
 
+    API_METRICS.init_models(settings.models)
+    tracing.setup("visionq-api")  # off unless OTEL_* ask for it (see services/common/tracing)
     app = FastAPI(
         title="visionq",
         version="0.1.0",
         description="Image inference on GPU queues: upload images, get top-k labels.",
         lifespan=lifespan,
+        # FastAPI traces requests itself once a tracer provider is set; probes and scrapes
+        # would only bury the jobs' traces.
+        telemetry={"exclude": _untraced},
     )
     install_error_handlers(app)
     auth = [Depends(require_access)]

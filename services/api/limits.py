@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from services.api.metrics import API_METRICS
 from services.common.errors import PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -32,6 +33,8 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if scope.get("method") == "POST":
+                API_METRICS.count_rejected("", PayloadTooLarge.code)  # model not read yet
             await _reject(send, self._message(declared))
             return
         seen = 0

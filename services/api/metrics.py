@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -23,6 +30,18 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# No `_created` series: no query uses them and they double the stored series.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Why a submit was refused (the `reason` label): the error code of the answer.
+REJECT_REASONS = (
+    "queue_full",
+    "storage_full",
+    "invalid_image",
+    "payload_too_large",
+    "unsupported_media_type",
+)
 
 # From a cached GET (about 1 ms) to a /v1/predict that waits for a slow batch (60 s).
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -54,6 +73,21 @@ class ApiMetrics:
             ["model", "reason"],
             registry=registry,
         )
+
+    def init_models(self, models: Iterable[str]) -> None:
+        """Create every series a panel or alert reads at 0, before the first request."""
+        for model in models:
+            self.jobs_submitted.labels(model)
+            for reason in REJECT_REASONS:
+                self.jobs_rejected.labels(model, reason)
+
+    def count_rejected(self, model: str, code: str, jobs: int = 1) -> None:
+        """Count refused jobs by error code; codes outside ``REJECT_REASONS`` are not.
+
+        ``model`` is empty when the body was refused before its model field was read.
+        """
+        if code in REJECT_REASONS:
+            self.jobs_rejected.labels(model, code).inc(jobs)
 
 
 API_METRICS = ApiMetrics()

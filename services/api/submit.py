@@ -16,6 +16,7 @@ from services.api.idempotency import Idempotency
 from services.api.metrics import API_METRICS
 from services.api.state import ApiState
 from services.api.uploads import SubmitForm
+from services.common import tracing
 from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull, StorageFull
 from services.common.jobs import (
     DONE_CHANNEL,
@@ -81,15 +82,15 @@ async def store_jobs(
         raise _storage_full(state, form.model, len(job_ids)) from exc
     if isinstance(reply, bytes):
         return reply
+    if int(reply) < 0:
+        API_METRICS.count_rejected(form.model, QueueFull.code, len(job_ids))
     if int(reply) == -1:
-        API_METRICS.jobs_rejected.labels(form.model, "queue_full").inc(len(job_ids))
         raise QueueFull(
             f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="
             f"{settings.queue_max_depth} jobs or more; retry later",
             retry_after_s=settings.retry_after_s,
         )
     if int(reply) == -2:
-        API_METRICS.jobs_rejected.labels(form.model, "queue_bytes").inc(len(job_ids))
         raise QueueFull(
             f"Redis holds VISIONQ_QUEUE_MAX_BYTES={state.queue_max_bytes} bytes or more "
             "(queued images and records); retry later",
@@ -99,7 +100,7 @@ async def store_jobs(
 
 
 def _storage_full(state: ApiState, model: str, count: int) -> StorageFull:
-    API_METRICS.jobs_rejected.labels(model, "storage_full").inc(count)
+    API_METRICS.count_rejected(model, StorageFull.code, count)
     return StorageFull(
         "Redis refused the write: it reached its maxmemory; retry later",
         retry_after_s=state.settings.retry_after_s,
@@ -135,19 +136,23 @@ async def submit(
     was used before creates nothing and gets the earlier record back (409 for another body).
     """
     check_model(state, form.model)
-    stored = await store_jobs(
-        state, form, job_ids, lane, idem, idem.record(job_ids, **record) if idem else ""
-    )
-    if stored is not None and idem is not None:
-        return idem.replay(stored)
-    try:
-        # kombu publishes with blocking sockets: keep it off the event loop.
-        await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids, lane)
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        await _fail_unsent(state, job_ids, idem)
-        if _out_of_memory(exc):
-            raise _storage_full(state, form.model, len(job_ids)) from exc
-        raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc
+    with tracing.enqueue_span(form.model, lane, job_ids) as carrier:
+        stored = await store_jobs(
+            state, form, job_ids, lane, idem, idem.record(job_ids, **record) if idem else ""
+        )
+        if stored is not None and idem is not None:
+            return idem.replay(stored)
+        try:
+            if carrier:
+                await _store_carrier(state, job_ids, carrier)
+            # kombu publishes with blocking sockets: keep it off the event loop.
+            await anyio.to_thread.run_sync(_publish, state.celery, form.model, job_ids, lane)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            # Not accepted: remove the jobs, or the sweeper would publish them later.
+            await _fail_unsent(state, job_ids, idem)
+            if _out_of_memory(exc):
+                raise _storage_full(state, form.model, len(job_ids)) from exc
+            raise BrokerUnavailable(f"could not enqueue the jobs: {exc}") from exc
     API_METRICS.jobs_submitted.labels(form.model).inc(len(job_ids))
     return None
 
@@ -159,6 +164,15 @@ def _out_of_memory(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+async def _store_carrier(state: ApiState, job_ids: list[str], carrier: dict[str, str]) -> None:
+    # Tracing only: the trace context goes into each job record before its message is
+    # published, so the worker that claims the job continues this trace.
+    pipe = state.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hset(job_key(job_id), mapping=dict(carrier.items()))
+    await pipe.execute()
 
 
 async def _fail_unsent(state: ApiState, job_ids: list[str], idem: Idempotency | None) -> None:

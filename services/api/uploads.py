@@ -11,6 +11,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from models.preprocess import check_image
+from services.api.metrics import API_METRICS
 from services.common.errors import (
     PayloadTooLarge,
     RequestInvalid,
@@ -68,7 +69,19 @@ def safe_filename(name: str | None, index: int) -> str:
 
 
 async def read_form(request: Request, settings: ApiSettings) -> SubmitForm:
-    """Parse, limit and validate the form; raise a VisionqError for anything wrong."""
+    """Parse, limit and validate the form; raise a VisionqError for anything wrong.
+
+    A refusal counts in ``visionq_jobs_rejected_total`` by its error code (400, 413, 415).
+    """
+    model = [""]  # the form's model once it is parsed, to label a refusal
+    try:
+        return await _read_form(request, settings, model)
+    except VisionqError as exc:
+        API_METRICS.count_rejected(model[0], exc.code)
+        raise
+
+
+async def _read_form(request: Request, settings: ApiSettings, model: list[str]) -> SubmitForm:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
@@ -83,6 +96,7 @@ async def read_form(request: Request, settings: ApiSettings) -> SubmitForm:
             ) from exc
         raise RequestInvalid(f"malformed multipart body: {exc.detail}") from exc
     try:
+        model[0] = _text(form, "model") or settings.default_model
         return await _check(form, settings)
     finally:
         await form.close()

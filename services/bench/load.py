@@ -13,6 +13,7 @@ import json
 import resource
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,8 @@ class LoadResult:
     p99_ms: float
     mean_batch: float
     client_cpu_cores: float
+    # CPU cores used over the window by what the caller asked run_load to watch (by name).
+    cpu_cores: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -116,18 +119,31 @@ def _cpu_seconds() -> float:
 
 
 def run_load(
-    url: str, model: str, images: list[bytes], concurrency: int, warmup_s: float, seconds: float
+    url: str,
+    model: str,
+    images: list[bytes],
+    concurrency: int,
+    warmup_s: float,
+    seconds: float,
+    cpu_probes: Mapping[str, Callable[[], float]] | None = None,
 ) -> LoadResult:
-    """Warm up, then measure a fixed window of ``concurrency`` closed-loop clients."""
+    """Warm up, then measure a fixed window of ``concurrency`` closed-loop clients.
+
+    ``cpu_probes`` maps names to functions returning CPU seconds used so far (a process
+    tree, Redis's INFO); each one's use over the window is reported in cores.
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     requests = [encode_request(host, port, model, d, f"img{i}.jpg") for i, d in enumerate(images)]
     if warmup_s > 0:
         asyncio.run(_phase(url, requests, concurrency, warmup_s))
+    probes = dict(cpu_probes or {})
+    before = {name: probe() for name, probe in probes.items()}
     cpu0, wall0 = _cpu_seconds(), time.monotonic()
     tally = asyncio.run(_phase(url, requests, concurrency, seconds))
     wall = time.monotonic() - wall0
     cpu = _cpu_seconds() - cpu0
+    used = {name: (probe() - before[name]) / wall for name, probe in probes.items()}
     lat = np.array(tally.latencies or [float("nan")]) * 1000
     done = len(tally.latencies) - tally.errors
     return LoadResult(
@@ -141,4 +157,5 @@ def run_load(
         p99_ms=float(np.percentile(lat, 99)),
         mean_batch=float(np.mean(tally.batches)) if tally.batches else 0.0,
         client_cpu_cores=cpu / wall if wall > 0 else 0.0,
+        cpu_cores=used or None,
     )

@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, default=Path("bench-results.png"))
     p.add_argument("--no-unbatched", action="store_true", help="skip the unbatched stack")
     p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")
+    p.add_argument(
+        "--events-cost",
+        action="store_true",
+        help="only compare VISIONQ_CELERY_EVENTS on/off at the highest --concurrency",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per mode with --events-cost")
 
 
 def _device(name: str) -> str:
@@ -66,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
     images = folder_images(args.images, args.count) if args.images else generated_jpegs(args.count)
     device = _device(args.device)
     started = time.time()
+    if args.events_cost:
+        from services.bench.events import events_table, measure_events_cost
+
+        cost = measure_events_cost(args, images, device)
+        cost.update(model=args.model, wall_s=round(time.time() - started, 1))
+        print(events_table(cost))
+        write_json(cost, args.out)
+        print(f"wrote {args.out}")
+        return 0
     print(f"raw limit: {args.model} on {device}, batch sizes {args.batch_sizes} ...", flush=True)
     seconds_raw = max(1.5, args.seconds / 3)
     raw = measure_raw(registry[args.model], images, args.batch_sizes, seconds_raw, device)

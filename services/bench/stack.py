@@ -18,8 +18,18 @@ from services.common.redis_server import free_port
 
 
 @contextmanager
-def running_stack(model: str, overrides: dict[str, str], timeout_s: float = 180.0) -> Iterator[str]:
-    """Start the whole stack with these VISIONQ_* overrides; yield its URL; stop it."""
+def running_stack(
+    model: str,
+    overrides: dict[str, str],
+    timeout_s: float = 180.0,
+    redis_port: int = 0,
+    pids: list[int] | None = None,
+) -> Iterator[str]:
+    """Start the whole stack with these VISIONQ_* overrides; yield its URL; stop it.
+
+    ``redis_port`` fixes the embedded Redis's port (0: any free one) and ``pids`` receives
+    the ``visionq up`` process id, for a caller that measures their CPU.
+    """
     port = free_port()
     env = dict(os.environ)
     env.setdefault("VISIONQ_ALLOW_RANDOM_WEIGHTS", "1")  # benchmarks need no real weights
@@ -35,9 +45,12 @@ def running_stack(model: str, overrides: dict[str, str], timeout_s: float = 180.
     log = Path(tempfile.mkstemp(prefix="visionq-bench-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "up", "--port", str(port)],
+            [sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
+             "--redis-port", str(redis_port)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    if pids is not None:
+        pids.append(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

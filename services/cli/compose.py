@@ -15,7 +15,9 @@ import yaml
 
 from services.common.errors import ConfigError
 
-METRICS_BASE_PORT = 9100
+# Off the 9100-9999 exporter range (9100 is node_exporter; that range is fully allocated):
+# see README "Monitoring" for the choice.
+METRICS_BASE_PORT = 18100
 API_PORT = 8000
 WORKER_TARGETS = Path("deploy/prometheus/targets/workers.yml")
 
@@ -24,6 +26,9 @@ _HEADER = (
     "# run it again for another GPU count (it also rewrites {targets}).\n"
     "# Needs REDIS_PASSWORD, GRAFANA_ADMIN_PASSWORD and FLOWER_BASIC_AUTH (user:password)\n"
     "# in the environment or in .env; docker compose refuses to start without them.\n"
+    "# GPU hosts: the worker image's PyPI torch 2.14.1 wheels bundle CUDA 13.0; the host needs\n"
+    "# an NVIDIA driver of the 580 branch or newer, a GPU of compute capability 7.5+, and\n"
+    "# the NVIDIA Container Toolkit.\n"
 )
 
 # Every service gets the broker URL from the one password; nothing secret is written here.
@@ -39,6 +44,9 @@ _SHARED_ENV = {
     "VISIONQ_MODELS": "${VISIONQ_MODELS:-mobilenet_v3_small}",
     "VISIONQ_ALLOW_RANDOM_WEIGHTS": "${VISIONQ_ALLOW_RANDOM_WEIGHTS:-0}",
     "VISIONQ_LOG_LEVEL": "${VISIONQ_LOG_LEVEL:-INFO}",
+    "VISIONQ_LOG_FORMAT": "${VISIONQ_LOG_FORMAT:-text}",
+    # Tracing stays off unless an OTLP endpoint is given (services/common/tracing.py).
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
 }
 
 
@@ -76,6 +84,8 @@ def worker_service(index: int) -> dict[str, Any]:
             "VISIONQ_MAX_BATCH_SIZE": "${VISIONQ_MAX_BATCH_SIZE:-32}",
             "VISIONQ_MAX_WAIT_MS": "${VISIONQ_MAX_WAIT_MS:-5}",
             "VISIONQ_METRICS_PORT": str(METRICS_BASE_PORT),
+            # Heartbeats and task events: what the flower service shows.
+            "VISIONQ_CELERY_EVENTS": "1",
             "CUDA_VISIBLE_DEVICES": "0",
         },
         "volumes": ["torch-cache:/home/visionq/.cache/torch"],
@@ -181,7 +191,15 @@ def compose_services(gpus: int) -> dict[str, Any]:
     }
     services["flower"] = {
         "image": "visionq-api:latest",
-        "command": ["celery", "--broker", _REDIS_URL, "flower", "--port=5555"],
+        "command": [
+            "celery",
+            "-A",
+            "services.common.celery_app",
+            "--broker",
+            _REDIS_URL,
+            "flower",
+            "--port=5555",
+        ],
         "environment": {"FLOWER_BASIC_AUTH": "${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:pw}"},
         "ports": ["${FLOWER_PORT:-5555}:5555"],
         "depends_on": {

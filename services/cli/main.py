@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
     from services.common.settings import ApiSettings
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _positive_int(text: str) -> int:
@@ -73,6 +71,11 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        # uvicorn's own config would give its loggers their own text handlers; without it
+        # they reach the root handler that services.common.logs set up (text or JSON).
+        log_config=None,
+        # One INFO line per request buries what matters; DEBUG brings them back.
+        access_log=settings.log_level == "DEBUG",
     )
     return 0
 
@@ -260,22 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_level() -> str:
+def _configure_logging() -> None:
+    from services.common import logs
     from services.common.settings import get_api_settings
 
     try:
-        return get_api_settings().log_level
+        settings = get_api_settings()
     except ConfigError:
-        return "INFO"  # the command that needs the settings reports what is wrong
+        # The command that needs the settings reports what is wrong.
+        logs.configure("INFO", "text")
+        return
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=_log_level(), format=_LOG_FORMAT)
-    # One INFO line per HTTP request would drown the readiness and progress output.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _configure_logging()
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -1,4 +1,8 @@
-"""The Celery app both sides share: the API publishes with it, the worker consumes with it."""
+"""The Celery app both sides share: the API publishes with it, the worker consumes with it.
+
+Celery's own tools load it too: ``celery -A services.common.celery_app inspect stats``
+(``--broker`` or ``VISIONQ_REDIS_URL`` names the Redis), and Flower the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, get_worker_settings
 
 
 def transport_options(settings: CommonSettings, restore_interval_s: float = 2.0) -> dict[str, Any]:
@@ -29,8 +33,14 @@ def transport_options(settings: CommonSettings, restore_interval_s: float = 2.0)
     }
 
 
-def make_celery(settings: CommonSettings, restore_interval_s: float = 2.0) -> Celery:
-    """A Celery app for the given settings; results live in our own job records."""
+def make_celery(
+    settings: CommonSettings, restore_interval_s: float = 2.0, events: bool = False
+) -> Celery:
+    """A Celery app for the given settings; results live in our own job records.
+
+    ``events`` makes a worker send task events (received, started, succeeded, failed):
+    with its heartbeats (``without_heartbeat=False`` at start) they are what Flower shows.
+    """
     app = Celery("visionq", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         broker_transport_options=transport_options(settings, restore_interval_s),
@@ -46,10 +56,23 @@ def make_celery(settings: CommonSettings, restore_interval_s: float = 2.0) -> Ce
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=events,
+        # The API publishes no task-sent event: Flower learns of a job when a worker takes
+        # it, and the queue depth is on the Grafana dashboard.
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=30.0,
         worker_enable_soft_shutdown_on_idle=False,
         broker_heartbeat=0,
     )
     return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A services.common.celery_app`` looks up ``app``: build it on first use from
+    # the environment, so importing this module never reads settings.
+    if name == "app":
+        settings = get_worker_settings()
+        built = make_celery(settings, settings.unacked_restore_interval_s, settings.celery_events)
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

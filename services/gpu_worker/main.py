@@ -12,6 +12,10 @@ from services.gpu_worker.device import pin_device
 logger = logging.getLogger(__name__)
 
 
+def _logging_is_configured(**_: object) -> None:
+    """Celery's ``setup_logging`` receiver: logging is services.common.logs' job."""
+
+
 def run_worker(device: str, models: list[str] | None, index: int) -> int:
     """Run a worker until it is told to stop; returns its exit code."""
     # Pin before torch is imported anywhere in this process (fork + CUDA rule).
@@ -70,6 +74,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
             "declare others in VISIONQ_MODELS_FILE"
         )
     specs = {name: registry[name] for name in settings.models}
+    from services.common import tracing
+
+    tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
     metrics = WorkerMetrics(settings.max_batch_size)
@@ -86,7 +93,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         port = settings.metrics_port + index
         start_http_server(port, addr=settings.metrics_host)
         logger.info("worker metrics on :%d/metrics", port)
-    metrics.mark_up(label)
+    metrics.mark_up(label, specs)
     gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {
@@ -108,7 +115,12 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         },
         settings.heartbeat_interval_s,
     )
-    app = make_celery(settings, settings.unacked_restore_interval_s)
+    app = make_celery(settings, settings.unacked_restore_interval_s, settings.celery_events)
+    from celery import signals
+
+    # The CLI configured logging (text or JSON) before we got here: a receiver on this
+    # signal tells Celery to leave the handlers alone and not redirect stdout.
+    signals.setup_logging.connect(_logging_is_configured, weak=False)
     app.conf.broker_transport = TRANSPORT_PATH
     register_tasks(app, runtime)
     # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
@@ -122,8 +134,11 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         loglevel=settings.log_level,
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        # Celery's worker heartbeat is an event: Flower counts a worker online by it.
+        without_heartbeat=not settings.celery_events,
         optimization="fair",
+        # The start-up banner is printed, not logged: it would break one-JSON-per-line.
+        quiet=settings.log_format == "json",
     )
     sweeper = LostMessageSweeper(
         client,

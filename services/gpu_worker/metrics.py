@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+# A `_created` series per counter and histogram child doubles what Prometheus stores and
+# no query here uses it (prometheus-client reads this flag when it renders a scrape).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# The outcomes a worker ends jobs with: the dashboard and the error-ratio alert read them.
+OUTCOMES = (
+    "succeeded",
+    "invalid_image",
+    "inference_error",
+    "out_of_memory",
+    "expired",
+    "worker_lost",
+)
+STAGES = ("decode", "forward", "store")
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -96,9 +120,21 @@ class WorkerMetrics:
             registry=r,
         )
 
-    def mark_up(self, device: str) -> None:
-        """Publish the series that exist from start-up on, before any job arrives."""
+    def mark_up(self, device: str, models: Iterable[str] = ()) -> None:
+        """Publish the series that exist from start-up on, before any job arrives.
+
+        Every label combination an alert or panel reads exists at 0 from the start, so
+        ``increase()`` and ``rate()`` see the very first event (an absent series has no
+        "before" to compare with) and a panel shows 0 rather than "no data".
+        """
         self.worker_up.labels(device).set(1)
         self.batch_limit.labels(device).set(self.max_batch_size)
-        # A counter that exists at 0 lets increase() see the very first OOM.
         self.oom.labels(device)
+        for model in models:
+            self.batch_size.labels(model, device)
+            for stage in STAGES:
+                self.batch_duration.labels(model, device, stage)
+            self.queue_wait.labels(model)
+            self.job_latency.labels(model)
+            for outcome in OUTCOMES:
+                self.jobs_completed.labels(model, device, outcome)

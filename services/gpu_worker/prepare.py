@@ -34,10 +34,12 @@ class WorkItem:
     received: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     requeue: bool = False  # set when the worker gives the message back unprocessed
+    outcome: Outcome | None = None  # what was stored, when this worker ran the job
 
-    def release(self, requeue: bool = False) -> None:
+    def release(self, requeue: bool = False, outcome: Outcome | None = None) -> None:
         """Let the task thread return (ack) or give the message back (requeue)."""
         self.requeue = requeue
+        self.outcome = outcome
         self.done.set()
 
 
@@ -53,6 +55,8 @@ class Prepared:
     ended: list[tuple[WorkItem, Outcome]]
     claimed_at: float  # wall clock, to compute queue wait
     batch_wait_ms: float
+    batch_id: str = ""  # names the batch in logs and traces
+    trace: Any = None  # a job_trace.BatchTrace when tracing is on
 
 
 # Decoders return uint8 (3, S, S): numpy on the CPU path, a CUDA tensor with GPU decode.
@@ -140,7 +144,9 @@ def build_prepared(
             continue
         code = value.code if isinstance(value, VisionqError) else "invalid_image"
         if not isinstance(value, VisionqError):
-            logger.warning("decoding job %s failed: %r", item.job_id, value)
+            logger.warning(
+                "decoding job %s failed: %r", item.job_id, value, extra={"job_id": item.job_id}
+            )
         message = value.message if isinstance(value, VisionqError) else f"cannot decode: {value}"
         prepared.ended.append(
             (

@@ -12,13 +12,16 @@ import os
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from models.loader import LoadedModel, load_model
 from models.specs import ModelSpec
+from services.common.logs import log_context
 from services.common.settings import WorkerSettings
+from services.gpu_worker import job_trace
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, default_threads
 from services.gpu_worker.metrics import WorkerMetrics
@@ -31,6 +34,9 @@ from services.gpu_worker.serving import Served, build_served
 from services.gpu_worker.store import Claim, JobStore, Outcome
 
 logger = logging.getLogger(__name__)
+
+# Failures that are ours, not the client's: each gets a log line (bad images do not).
+_SERVER_FAULTS = frozenset({"inference_error", "out_of_memory"})
 
 
 class Runtime:
@@ -125,7 +131,8 @@ class Runtime:
             self._busy_since = time.monotonic()
             self._busy.set()
             try:
-                self._run(prepared)
+                with log_context(batch_id=prepared.batch_id):
+                    self._run(prepared)
             except Exception:
                 # A bug here must not leave tasks waiting forever with their messages held:
                 # die, and let the supervisor restart us; kombu redelivers the jobs.
@@ -174,6 +181,7 @@ class Runtime:
         from services.gpu_worker.batch_result import outcomes_for
 
         served = self._served[prepared.model]
+        forward_start = job_trace.now_ns()
         outcomes, forward_s = outcomes_for(
             prepared,
             served.run,
@@ -181,13 +189,16 @@ class Runtime:
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
             stack=served.stack,
         )
+        forward_end = job_trace.now_ns()
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
         stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
         store_s = time.perf_counter() - start
+        if stored and prepared.trace is not None:
+            job_trace.finish(prepared, outcomes, (forward_start, forward_end), self.device_label)
         items = prepared.run_items + [item for item, _ in prepared.ended]
-        for item in items:
-            item.release(requeue=not stored)
+        for item, outcome in zip(items, outcomes, strict=True):
+            item.release(requeue=not stored, outcome=outcome)
         if stored:
             self._observe(prepared, outcomes, forward_s, store_s)
 
@@ -211,6 +222,11 @@ class Runtime:
         for out in outcomes:
             outcome = out.status.value if out.error is None else out.error.get("code", "failed")
             self.metrics.jobs_completed.labels(m, dev, outcome).inc()
+            if outcome in _SERVER_FAULTS and out.error is not None:
+                logger.warning(
+                    "job %s failed: %s", out.job_id, out.error.get("message", outcome),
+                    extra={"job_id": out.job_id},
+                )  # fmt: skip
 
     # -- prepare thread -----------------------------------------------------------------
 
@@ -238,35 +254,50 @@ class Runtime:
                     return
                 continue
             model, items = got
+            claim_start = job_trace.now_ns()
             claims = self._claim([item.job_id for item in items])
+            claim_ns = (claim_start, job_trace.now_ns())
             if claims is None:
                 for item in items:
                     item.release(requeue=True)
                 continue
             self._count_skipped(str(model), claims)
             pairs = list(zip(items, claims, strict=True))
-            self._hand_over(str(model), [(i, c) for i, c in pairs if c.verdict != "suspect"])
+            runnable = [(i, c) for i, c in pairs if c.verdict != "suspect"]
+            self._hand_over(str(model), runnable, claim_ns)
             # A redelivered job may be what killed the last worker. Claim and run it alone,
             # once everything claimed before it is stored, so that if it kills this worker
             # too no other job is in its hands (each death costs those jobs a delivery).
             for item, claim in pairs:
                 if claim.verdict == "suspect":
                     self._prepared.join()
+                    claim_start = job_trace.now_ns()
                     solo = self._claim([item.job_id], solo=True)
                     if solo is None:
                         item.release(requeue=True)
                         continue
                     self._count_skipped(str(model), solo)
-                    self._hand_over(str(model), [(item, solo[0])])
+                    claim_ns = (claim_start, job_trace.now_ns())
+                    self._hand_over(str(model), [(item, solo[0])], claim_ns)
 
-    def _hand_over(self, model: str, pairs: list[tuple[WorkItem, Claim]]) -> None:
+    def _hand_over(
+        self, model: str, pairs: list[tuple[WorkItem, Claim]], claim_ns: tuple[int, int]
+    ) -> None:
         """Decode claimed jobs and queue them for the inference thread."""
         if not pairs:
             return
         items, claims = [p[0] for p in pairs], [p[1] for p in pairs]
         served = self._served[model]
-        prepared, skipped = build_prepared(
-            model, items, claims, served.decode, self._pool, time.time()
+        batch_id = uuid.uuid4().hex[:16]
+        decode_start = job_trace.now_ns()
+        with log_context(batch_id=batch_id):
+            prepared, skipped = build_prepared(
+                model, items, claims, served.decode, self._pool, time.time()
+            )
+        prepared.batch_id = batch_id
+        traced = [i.job_id for i in prepared.run_items] + [i.job_id for i, _ in prepared.ended]
+        prepared.trace = job_trace.begin(
+            self.store.client, model, prepared.batch_id, traced, claim_ns, decode_start
         )
         for item in skipped:
             item.release()

@@ -60,6 +60,11 @@ class JobStore:
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis connection this store uses."""
+        return self._client
+
     def claim(self, job_ids: Sequence[str], worker: str, solo: bool = False) -> list[Claim]:
         """Mark the jobs running (or end them: expired, cancelled, poison) and fetch images.
 
@@ -112,3 +117,9 @@ class JobStore:
                 logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def ended_as(self, job_id: str) -> tuple[str, dict[str, str] | None]:
+        """A job's stored status and error (``""`` when the record is gone)."""
+        status, error = self._client.hmget(job_key(job_id), ["status", "error"])
+        text = status.decode() if isinstance(status, bytes) else (status or "")
+        return text, json.loads(error) if error else None

@@ -202,3 +202,26 @@ def test_api_survives_a_client_that_hangs_up(stack: Stack) -> None:
 
 def _unused() -> Image.Image:  # keeps PIL import honest for type checkers
     return make_image(0)
+
+
+def _rejected(stack: Stack, reason: str) -> float:
+    line = f'visionq_jobs_rejected_total{{model="{TEST_MODEL}",reason="{reason}"}} '
+    text = httpx.get(f"{stack.url}/metrics").text
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    assert found, f"{line!r} missing: the series must exist from start-up"
+    return float(found[0].split()[-1])
+
+
+def test_refusals_are_counted_by_reason(stack: Stack) -> None:
+    cases = [
+        ("unsupported_media_type", b"not an image at all"),
+        ("invalid_image", _half(jpeg(6))),
+        ("payload_too_large", png_declaring(30000, 30000)),
+    ]
+    before = {reason: _rejected(stack, reason) for reason, _ in cases}
+    for reason, data in cases:
+        resp = predict(stack.url, files(("x.bin", data)), model=TEST_MODEL)
+        assert error_code(resp) == reason
+    for reason, _ in cases:
+        assert _rejected(stack, reason) == before[reason] + 1, reason
+    assert "_created" not in httpx.get(f"{stack.url}/metrics").text

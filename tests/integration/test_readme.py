@@ -78,6 +78,7 @@ def kind(command: str) -> str:
         ("scratch", r"\.venv/bin/visionq compose |cat > \.env <<"),
         ("static", r"docker compose |kubectl "),
         ("bench", r"\.venv/bin/visionq bench"),
+        ("celery", r"\.venv/bin/celery -A services\.common\.celery_app "),
     ]:
         if re.match(pattern, rest):
             return name
@@ -97,6 +98,10 @@ def test_make_targets_are_what_the_readme_says() -> None:
         assert dry.returncode == 0, dry.stderr
         for text in expected:
             assert text in dry.stdout, (target, dry.stdout)
+
+
+# The embedded Redis of each README stack, by the stack's URL (from its "visionq is up" line).
+STACK_REDIS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +127,9 @@ def readme_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while "visionq is up" not in log.read_text(errors="replace"):
             assert up.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        found = re.search(r"Redis at (redis://\S+)", log.read_text(errors="replace"))
+        assert found, log.read_text()
+        STACK_REDIS[f"http://127.0.0.1:{port}"] = found.group(1)
         yield f"http://127.0.0.1:{port}"
     finally:
         up.send_signal(signal.SIGINT)
@@ -218,11 +226,39 @@ def test_bench_commands(command: str, tmp_path: Path) -> None:
     args = [a for a in shlex.split(command)[1:] if a != "--quick"]
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     args += [*_SHORT_BENCH, "--out", str(out), "--chart", str(chart)]
+    if "--events-cost" in args:
+        args += ["--repeat", "1"]  # events on and off once each; the README's is for figures
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
     env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "VISIONQ_ALLOW_DOWNLOAD": "0"})
     run = subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=tmp_path,
                          capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    if "--events-cost" in args:
+        runs = json.loads(out.read_text())["runs"]
+        assert [len(runs["on"]), len(runs["off"])] == [1, 1], runs
+        assert all(p["completed"] > 0 and p["redis_cpu_ms_per_image"] > 0
+                   for p in runs["on"] + runs["off"]), runs  # fmt: skip
+        return
     assert "raw limit:" in run.stdout and "served" in run.stdout
     assert json.loads(out.read_text())["served"][0]["completed"] > 0
     assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "celery"])
+def test_celery_commands(command: str, readme_stack: str) -> None:
+    # Run as written against the README stack's Redis. A shutdown is sent to a worker that
+    # does not exist, so the stack keeps its worker (tests/faults/test_celery_tools.py
+    # shuts a real one down); it must still reach the broker and get Celery's no-reply.
+    text = command.replace(".venv/bin/celery", f"{sys.executable} -m celery")
+    shutdown = " control shutdown" in text
+    if shutdown:
+        text = re.sub(r"--destination \S+", "--destination nobody@nowhere", text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(PYTHONPATH=str(ROOT), VISIONQ_REDIS_URL=STACK_REDIS[readme_stack])
+    run = subprocess.run(["bash", "-c", text], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    if shutdown:
+        assert run.returncode == 69 and "No nodes replied" in run.stderr, run.stderr
+        return
+    assert run.returncode == 0, (command, run.stdout, run.stderr)
+    assert "visionq-cpu-0@" in run.stdout, run.stdout

@@ -89,3 +89,24 @@ def test_raw_limit_measures_every_stage() -> None:
     assert raw.decode_per_s > 0 and raw.single_image_ms > 0
     assert set(raw.forward_per_s) == set(raw.full_per_s) == {1, 2}
     assert raw.limit == max(raw.full_per_s.values())
+
+
+def test_events_cost_summary_compares_the_means() -> None:
+    from services.bench.events import events_table, summarize
+
+    def point(per_s: float, redis_ms: float, stack_ms: float) -> dict[str, float]:
+        return {"per_s": per_s, "redis_cpu_ms_per_image": redis_ms,
+                "stack_cpu_ms_per_image": stack_ms, "p99_ms": 200.0}  # fmt: skip
+
+    runs = {
+        "on": [point(90.0, 0.3, 12.0), point(110.0, 0.2, 12.0)],
+        "off": [point(100.0, 0.2, 10.0), point(100.0, 0.2, 10.0)],
+    }
+    summary = summarize(runs)
+    assert summary["on"]["per_s_min"] == 90.0 and summary["on"]["per_s_max"] == 110.0
+    assert summary["on_vs_off"]["per_s"] == pytest.approx(1.0)
+    assert summary["on_vs_off"]["redis_cpu_ms_per_image"] == pytest.approx(1.25)
+    assert summary["on_vs_off"]["stack_cpu_ms_per_image"] == pytest.approx(1.2)
+    text = events_table({"clients": 16, "runs": runs, "summary": summary})
+    assert "on | 90.0 | 0.300 | 12.00 | 200" in text
+    assert "stack_cpu_ms_per_image 1.200" in text

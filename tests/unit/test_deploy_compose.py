@@ -135,3 +135,19 @@ def test_compose_command_writes_the_file(
     assert main(["compose", "--gpus", "3", "--out", str(out), "--no-targets"]) == 0
     assert out.read_text() == render_compose(3)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_flower_sees_the_workers_it_is_shipped_with() -> None:
+    import importlib
+
+    # Flower is built on worker heartbeats and task events: every worker sends them.
+    for name in WORKERS:
+        assert SERVICES[name]["environment"]["VISIONQ_CELERY_EVENTS"] == "1", name
+    flower = SERVICES["flower"]
+    command = flower["command"]
+    assert command[:3] == ["celery", "-A", "services.common.celery_app"]
+    # The app named by -A is the workers' own (same transport options), and it loads.
+    module = importlib.import_module(command[2])
+    assert module.app.main == "visionq"
+    # Compose refuses to start without Flower's credentials.
+    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]

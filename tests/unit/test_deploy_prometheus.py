@@ -115,10 +115,19 @@ def test_grafana_provisioning_points_at_the_dashboards_and_datasource() -> None:
     dashboards = _dashboards()
     assert dashboards
     for dash in dashboards:
+        # The data source is a variable: provisioning selects ours by its uid, an import into
+        # another Grafana offers that Grafana's Prometheus data sources instead.
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        chooser = variables["datasource"]
+        assert (chooser["type"], chooser["query"]) == ("datasource", "prometheus")
+        assert chooser["current"]["value"] == source["uid"]
+        assert variables["model"]["datasource"]["uid"] == "${datasource}"
         for panel in dash["panels"]:
-            assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == source["uid"], panel["title"]
+                assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+        # No panel or query is tied to one Grafana's data source any more.
+        assert source["uid"] not in json.dumps({k: v for k, v in dash.items() if k != "templating"})
 
 
 def test_dashboard_has_the_required_panels() -> None:

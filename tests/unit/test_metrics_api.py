@@ -59,3 +59,32 @@ def test_multiprocess_folder_sums_the_processes(tmp_path: Path) -> None:
     )
     assert samples[key] == 7
     assert samples[("visionq_queue_depth", (("model", "a"),))] == 5
+
+
+def test_rejection_reasons_exist_at_zero_and_only_known_codes_count() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from services.api.metrics import REJECT_REASONS, ApiMetrics
+
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    metrics.init_models(["m1", "m2"])
+    value = registry.get_sample_value
+    # The 400, 413 and 415 refusals as well as queue_full: a panel or increase() sees the first.
+    assert {"invalid_image", "payload_too_large", "unsupported_media_type", "queue_full"} <= set(
+        REJECT_REASONS
+    )
+    for model in ("m1", "m2"):
+        assert value("visionq_jobs_submitted_total", {"model": model}) == 0
+        for reason in REJECT_REASONS:
+            assert value("visionq_jobs_rejected_total", {"model": model, "reason": reason}) == 0
+    metrics.count_rejected("m1", "unsupported_media_type")
+    metrics.count_rejected("m1", "validation_error")  # a form mistake, not a refused image
+    assert (
+        value("visionq_jobs_rejected_total", {"model": "m1", "reason": "unsupported_media_type"})
+        == 1
+    )
+    assert (
+        value("visionq_jobs_rejected_total", {"model": "m1", "reason": "validation_error"}) is None
+    )
+    assert b"_created" not in generate_latest(registry)

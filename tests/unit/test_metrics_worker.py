@@ -104,3 +104,21 @@ def test_nvml_finds_the_pinned_gpu_by_uuid_then_physical_index(
     assert read is not None
     assert read() == pytest.approx(0.37)
     assert fake.asked == ["GPU-1234-abcd", 2]
+
+
+def test_every_series_a_panel_or_alert_reads_exists_at_zero_without_created() -> None:
+    metrics, registry = _fresh(8)
+    metrics.mark_up("cuda:1", ["m1", "m2"])
+    value = registry.get_sample_value
+    for model in ("m1", "m2"):
+        for outcome in ("succeeded", "invalid_image", "inference_error", "out_of_memory"):
+            labels = {"model": model, "device": "cuda:1", "outcome": outcome}
+            assert value("visionq_jobs_completed_total", labels) == 0
+        for stage in ("decode", "forward", "store"):
+            labels = {"model": model, "device": "cuda:1", "stage": stage}
+            assert value("visionq_batch_duration_seconds_count", labels) == 0
+        assert value("visionq_batch_size_count", {"model": model, "device": "cuda:1"}) == 0
+        assert value("visionq_job_latency_seconds_count", {"model": model}) == 0
+        assert value("visionq_job_queue_wait_seconds_count", {"model": model}) == 0
+    # prometheus-client would add a _created sample per child; the module turns them off.
+    assert b"_created" not in generate_latest(registry)

@@ -38,7 +38,7 @@ def _compose_redis() -> dict[str, Any]:
 
 
 def _k8s_redis() -> dict[str, Any]:
-    docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "redis.yaml").read_text())
+    docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "base" / "redis.yaml").read_text())
     sts = next(d for d in docs if d and d["kind"] == "StatefulSet")
     container: dict[str, Any] = sts["spec"]["template"]["spec"]["containers"][0]
     return container

@@ -18,8 +18,8 @@ up: install
 	$(BIN)/visionq up
 
 lint: install
-	$(BIN)/ruff check services models tests
-	$(BIN)/ruff format --check services models tests
+	$(BIN)/ruff check services models tests examples
+	$(BIN)/ruff format --check services models tests examples
 
 typecheck: install
 	$(BIN)/mypy

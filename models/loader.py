@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,7 +92,16 @@ def _apply_state_dict(
     spec: ModelSpec, module: torch.nn.Module, state: Mapping[str, Any], origin: str
 ) -> None:
     try:
-        module.load_state_dict(state, strict=True)
+        result = module.load_state_dict(state, strict=False)
+        # Tolerated: BatchNorm counters (torchvision's detection checkpoints come from
+        # FrozenBatchNorm2d, which has none) and auxiliary training heads of segmenters.
+        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in result.unexpected_keys if not k.startswith("aux_classifier.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict: missing keys {missing[:10]}, "
+                f"unexpected keys {unexpected[:10]}"
+            )
     except RuntimeError as exc:
         raise ConfigError(
             f"model {spec.name!r}: weights {origin} do not fit arch {spec.arch} with "
@@ -107,7 +117,13 @@ def _random_init(spec: ModelSpec, why: str) -> WeightsSource:
 def _load_torchvision(
     spec: ModelSpec, source: WeightsSource, *, weights_dir: Path | None, allow_random: bool
 ) -> tuple[torch.nn.Module, WeightsSource]:
-    module = _builder(spec)(weights=None, num_classes=spec.num_classes)
+    builder = _builder(spec)
+    extra: dict[str, Any] = {}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Detectors and segmenters would otherwise fetch ImageNet backbone weights that the
+        # full state dict replaces anyway.
+        extra["weights_backbone"] = None
+    module = builder(weights=None, num_classes=spec.num_classes, **extra)
     if source.kind in ("file", "hub_cache"):
         _load_state_dict(spec, module, source.location)
     elif source.kind == "download":

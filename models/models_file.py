@@ -16,6 +16,7 @@ from models.specs import (
     BUILTIN_MODELS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TASKS,
     Interpolation,
     ModelKind,
     ModelSpec,
@@ -28,7 +29,18 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _ARCH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SOURCES = ("arch", "torchscript", "export")
 _PREPROCESS_KEYS = {"input_size", "resize_size", "mean", "std", "interpolation"}
-_ALLOWED_KEYS = {"name", "labels", "num_classes", *_SOURCES, "weights", *_PREPROCESS_KEYS}
+_ALLOWED_KEYS = {
+    "name",
+    "labels",
+    "num_classes",
+    *_SOURCES,
+    "weights",
+    *_PREPROCESS_KEYS,
+    "task",
+    "handler",
+    "options",
+}
+_HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEFAULT_PREPROCESS = Preprocess(224, 256, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -126,6 +138,28 @@ def _spec(entry: _Entry) -> ModelSpec:
     if not _NAME.match(name):
         raise entry.error(f"name {name!r} must be lowercase letters, digits and _.- (max 64)")
     given = [key for key in _SOURCES if key in entry.table]
+    handler = entry.string("handler")
+    if handler is not None and not _HANDLER.match(handler):
+        raise entry.error(f"handler must look like 'package.module:ClassName', not {handler!r}")
+    options = entry.table.get("options", {})
+    if not isinstance(options, dict):
+        raise entry.error("options must be a table ([models.options])")
+    task = entry.string("task")
+    if task is not None and task not in TASKS:
+        raise entry.error(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if handler is not None and not given:
+        # A custom handler may load everything itself: weights and labels are optional.
+        return ModelSpec(
+            name=name,
+            kind="none",
+            preprocess=_preprocess(entry, _DEFAULT_PREPROCESS),
+            task=task or "custom",
+            handler=handler,
+            options=dict(options),
+            weights_path=entry.path("weights"),
+            labels_path=entry.path("labels"),
+            num_classes=entry.positive_int("num_classes") or 1000,
+        )
     if len(given) != 1:
         raise entry.error(
             "give exactly one of arch, torchscript or export"
@@ -146,17 +180,34 @@ def _spec(entry: _Entry) -> ModelSpec:
             raise entry.error(f"arch must be a torchvision model builder name, not {arch!r}")
         if "weights" not in entry.table:
             raise entry.error(f"weights (a state dict file for {arch}) is required with arch")
-        if labels_path is None and num_classes != 1000:
+        if (
+            labels_path is None
+            and num_classes != 1000
+            and (task or "classification")
+            in (
+                "classification",
+                "embedding",
+            )
+        ):
             raise entry.error(
                 f"num_classes = {num_classes} needs a labels file (the default labels are "
                 "the 1000 ImageNet categories)"
             )
         # A builtin arch keeps the preprocessing its torchvision weights were trained with.
-        builtin = next((s for s in BUILTIN_MODELS.values() if s.arch == arch), None)
+        builtin = next(
+            (s for s in BUILTIN_MODELS.values() if s.arch == arch and task in (None, s.task)),
+            None,
+        )
+        if labels_path is None and builtin is not None and entry.table.get("num_classes") is None:
+            num_classes = builtin.num_classes
         return ModelSpec(
             name=name,
             kind="torchvision",
             preprocess=_preprocess(entry, builtin.preprocess if builtin else _DEFAULT_PREPROCESS),
+            task=task or (builtin.task if builtin else "classification"),
+            handler=handler,
+            options=dict(options),
+            weights_enum=builtin.weights_enum if builtin else None,
             arch=arch,
             weights_path=entry.path("weights"),
             labels_path=labels_path,
@@ -172,6 +223,9 @@ def _spec(entry: _Entry) -> ModelSpec:
         name=name,
         kind=kind,
         preprocess=_preprocess(entry, None),
+        task=task or "classification",
+        handler=handler,
+        options=dict(options),
         archive_path=entry.path(kind),
         labels_path=labels_path,
         num_classes=num_classes,

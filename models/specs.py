@@ -5,11 +5,12 @@ Torch-free on purpose: the API process imports this to list and validate models.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from services.common.errors import ConfigError
 
@@ -19,7 +20,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 Interpolation = Literal["bilinear", "bicubic"]
-ModelKind = Literal["torchvision", "torchscript", "export"]
+ModelKind = Literal["torchvision", "torchscript", "export", "none"]
+Task = Literal["classification", "detection", "embedding", "segmentation", "noop"]
+TASKS: tuple[str, ...] = ("classification", "detection", "embedding", "segmentation", "noop")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class ModelSpec:
     kind: ModelKind
     preprocess: Preprocess
     task: str = "classification"
+    handler: str | None = None  # "package.module:Class"; None = the task's built-in handler
+    options: dict[str, Any] = field(default_factory=dict)  # the models file's [models.options]
     arch: str | None = None
     weights_enum: str | None = None
     weights_filename: str | None = None
@@ -74,7 +79,7 @@ def _builtin(
 
 # Copied from torchvision's weight metadata (tests/unit/test_models_specs.py checks them) so
 # that the API can describe models without importing torch.
-BUILTIN_MODELS: dict[str, ModelSpec] = {
+CLASSIFIERS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         _builtin(
@@ -116,6 +121,93 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+# Detectors and segmenters: torchvision's weight metadata (enum, file, classes). Detectors
+# resize inside the model (input_size is their shorter-side target, for listing only);
+# segmenters get a fixed square input (see models/handlers/segmentation.py for why).
+_DETECTORS: tuple[tuple[str, str, str, int], ...] = (
+    (
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+        "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth",
+        320,
+    ),
+    (
+        "ssdlite320_mobilenet_v3_large",
+        "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1",
+        "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+        320,
+    ),
+    (
+        "retinanet_resnet50_fpn_v2",
+        "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1",
+        "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+        800,
+    ),
+)
+_SEGMENTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "lraspp_mobilenet_v3_large",
+        "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+        "lraspp_mobilenet_v3_large-d234d4ea.pth",
+    ),
+    (
+        "deeplabv3_mobilenet_v3_large",
+        "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+        "deeplabv3_mobilenet_v3_large-fc3c493d.pth",
+    ),
+)
+
+
+def _task_specs() -> dict[str, ModelSpec]:
+    specs: list[ModelSpec] = []
+    for arch, enum, filename, size in _DETECTORS:
+        specs.append(
+            ModelSpec(
+                name=arch,
+                kind="torchvision",
+                preprocess=Preprocess(size, size, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+                task="detection",
+                arch=arch,
+                weights_enum=enum,
+                weights_filename=filename,
+                weights_url=_TORCHVISION_URL + filename,
+                num_classes=91,
+            )
+        )
+    for arch, enum, filename in _SEGMENTERS:
+        specs.append(
+            ModelSpec(
+                name=arch,
+                kind="torchvision",
+                preprocess=Preprocess(520, 520, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                task="segmentation",
+                arch=arch,
+                weights_enum=enum,
+                weights_filename=filename,
+                weights_url=_TORCHVISION_URL + filename,
+                num_classes=21,
+            )
+        )
+    for classifier in CLASSIFIERS.values():
+        # Same weights file as the classifier; the handler removes the head after loading.
+        specs.append(
+            dataclasses.replace(classifier, name=f"{classifier.name}_embedding", task="embedding")
+        )
+    specs.append(
+        ModelSpec(
+            name="noop",
+            kind="none",
+            preprocess=Preprocess(1, 1, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+            task="noop",
+        )
+    )
+    return {spec.name: spec for spec in specs}
+
+
+#: Every built-in model: classifiers, their embedders, detectors, segmenters and ``noop``.
+BUILTIN_MODELS: dict[str, ModelSpec] = {**CLASSIFIERS, **_task_specs()}
 
 
 def read_labels_file(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ from services.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-WeightsKind = Literal["file", "hub_cache", "download", "random", "archive"]
+WeightsKind = Literal["file", "hub_cache", "download", "random", "archive", "none"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ def resolve_weights(
         if spec.archive_path is None:
             raise ConfigError(f"model {spec.name!r}: a {spec.kind} model needs an archive path")
         return WeightsSource("archive", str(spec.archive_path))
+    if spec.kind == "none" and spec.weights_path is None:
+        # No model file at all (noop, or a custom handler that loads its own).
+        return WeightsSource("none", "")
     if spec.weights_path is not None:
         if not spec.weights_path.is_file():
             raise ConfigError(f"model {spec.name!r}: weights file {spec.weights_path} is missing")

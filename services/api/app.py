@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from models.handlers import params_class
 from models.specs import load_registry
 from services.api.deps import require_access
 from services.api.errors import ErrorShieldMiddleware, install_error_handlers
@@ -43,6 +44,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     unknown = [m for m in settings.models if m not in registry]
     if unknown:
         raise ConfigError(f"VISIONQ_MODELS names unknown model(s): {', '.join(unknown)}")
+    for name in settings.models:
+        # A custom handler that cannot be imported stops start-up here, not on a request.
+        params_class(registry[name])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ from fastapi import Request
 from services.api.deps import presented_key
 from services.api.uploads import SubmitForm
 from services.common.errors import IdempotencyConflict, RequestInvalid
-from services.common.jobs import idempotency_key
+from services.common.protocol.keys import idempotency_key
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 200
@@ -52,7 +52,7 @@ class Idempotency:
 def fingerprint(form: SubmitForm, extra: str = "") -> str:
     """sha256 over everything the request asks for: model, params, timeout, every file."""
     digest = hashlib.sha256()
-    head = {"model": form.model, "top_k": form.top_k, "timeout": form.timeout, "extra": extra}
+    head = {"model": form.model, "params": form.params, "timeout": form.timeout, "extra": extra}
     digest.update(json.dumps(head, sort_keys=True).encode())
     for upload in form.files:
         digest.update(b"\0" + upload.filename.encode() + b"\0")

@@ -15,28 +15,12 @@ import math
 import redis.asyncio as aioredis
 
 from services.common.errors import RateLimited
+from services.common.protocol.keys import RATE_LIMIT_PREFIX
+from services.common.protocol.scripts import take_token
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "vq:rl:"
-
-# GCRA: the bucket is the "theoretical arrival time" (tat) of the next request, in ms.
-# A request is allowed while tat - now <= tolerance; each allowed one moves tat on by interval.
-# allow-oom: one small key per API key; reading results and cancelling must keep working
-# (and drain the backlog) while Redis is at its maxmemory.
-_GCRA_LUA = """#!lua flags=allow-oom
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait > 0 then return {0, math.ceil(wait)} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {1, 0}
-"""
+KEY_PREFIX = RATE_LIMIT_PREFIX
 
 
 def client_id(digest: bytes | None, address: str) -> str:
@@ -55,15 +39,15 @@ class RateLimiter:
         self.per_minute = per_minute
         self._interval_ms = 60_000 / per_minute
         self._tolerance_ms = self._interval_ms * (per_minute - 1)
-        self._script = client.register_script(_GCRA_LUA)
+        self._client = client
 
     async def check(self, client: str) -> None:
         """Take one request from ``client``'s bucket or raise RateLimited."""
-        allowed, wait_ms = await self._script(
-            keys=[KEY_PREFIX + client], args=[self._interval_ms, self._tolerance_ms]
+        allowed, wait_ms = await take_token(
+            self._client, client, interval_ms=self._interval_ms, tolerance_ms=self._tolerance_ms
         )
-        if not int(allowed):
-            retry_after = max(1, math.ceil(int(wait_ms) / 1000))
+        if not allowed:
+            retry_after = max(1, math.ceil(wait_ms / 1000))
             logger.debug("client %s rate limited for %d s", client[:8], retry_after)
             raise RateLimited(
                 f"more than VISIONQ_RATE_LIMIT_PER_MINUTE={self.per_minute} requests a minute "

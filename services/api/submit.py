@@ -18,16 +18,9 @@ from services.api.state import ApiState
 from services.api.uploads import SubmitForm
 from services.common import tracing
 from services.common.errors import BrokerUnavailable, ModelNotFound, QueueFull, StorageFull
-from services.common.jobs import (
-    DONE_CHANNEL,
-    INTERACTIVE,
-    QUEUED_INDEX,
-    SUBMIT_LUA,
-    TASK_NAME,
-    image_key,
-    job_key,
-    queue_name,
-)
+from services.common.jobs import INTERACTIVE, TASK_NAME, image_key, job_key, queue_name
+from services.common.protocol.keys import QUEUED_INDEX
+from services.common.protocol.scripts import NewJob, submit_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -59,38 +52,38 @@ async def store_jobs(
     too full; the earlier request's idempotency record when ``idem``'s key was used before.
     """
     settings = state.settings
-    keys = [DONE_CHANNEL, queue_name(form.model, lane)]
-    args: list[Any] = [
-        settings.queue_max_depth,
-        settings.job_ttl_s,
-        form.model,
-        time.time(),
-        form.top_k,
-        "" if form.timeout is None else time.time() + form.timeout,
-        lane,
-        record if idem is not None else "",
-        state.queue_max_bytes,
-    ]
-    for job_id, upload in zip(job_ids, form.files, strict=True):
-        keys += [job_key(job_id), image_key(job_id)]
-        args += [job_id, upload.filename, upload.data]
-    if idem is not None:
-        keys.append(idem.redis_key)
+    now = time.time()
     try:
-        reply = await state.redis.eval(SUBMIT_LUA, len(keys), *keys, *args)
+        reply = await submit_jobs(
+            state.redis,
+            queue=queue_name(form.model, lane),
+            jobs=[
+                NewJob(job_id, upload.filename, upload.data)
+                for job_id, upload in zip(job_ids, form.files, strict=True)
+            ],
+            max_depth=settings.queue_max_depth,
+            job_ttl_s=settings.job_ttl_s,
+            model=form.model,
+            created=now,
+            params_json=form.params_json,
+            deadline=None if form.timeout is None else now + form.timeout,
+            lane=lane,
+            max_bytes=state.queue_max_bytes,
+            idempotency=(idem.redis_key, record) if idem is not None else None,
+        )
     except redis.exceptions.OutOfMemoryError as exc:
         raise _storage_full(state, form.model, len(job_ids)) from exc
     if isinstance(reply, bytes):
         return reply
-    if int(reply) < 0:
+    if reply < 0:
         API_METRICS.count_rejected(form.model, QueueFull.code, len(job_ids))
-    if int(reply) == -1:
+    if reply == -1:
         raise QueueFull(
             f"queue {queue_name(form.model, lane)} holds VISIONQ_QUEUE_MAX_DEPTH="
             f"{settings.queue_max_depth} jobs or more; retry later",
             retry_after_s=settings.retry_after_s,
         )
-    if int(reply) == -2:
+    if reply == -2:
         raise QueueFull(
             f"Redis holds VISIONQ_QUEUE_MAX_BYTES={state.queue_max_bytes} bytes or more "
             "(queued images and records); retry later",

@@ -1,18 +1,34 @@
-"""Read and check a multipart upload: files sniffed by content, fields range-checked."""
+"""Read and check a multipart upload: files sniffed by content, fields range-checked.
+
+Fields other than ``file``, ``model`` and ``timeout`` are the model handler's params,
+validated by its pydantic ``Params`` (an unknown or invalid field is 422 naming it).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
+from models.handlers.params import (
+    ClassificationParams,
+    DetectionParams,
+    EmbeddingParams,
+    SegmentationParams,
+)
+from models.handlers.registry import params_class
 from models.preprocess import check_image
+from models.specs import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess
 from services.api.metrics import API_METRICS
 from services.common.errors import (
+    ModelNotFound,
     PayloadTooLarge,
     RequestInvalid,
     UnsupportedMediaType,
@@ -20,6 +36,12 @@ from services.common.errors import (
 )
 from services.common.settings import ApiSettings
 
+BUILTIN_PARAMS: tuple[type[BaseModel], ...] = (
+    ClassificationParams,
+    DetectionParams,
+    EmbeddingParams,
+    SegmentationParams,
+)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _N = TypeVar("_N", int, float)
 
@@ -38,9 +60,45 @@ class SubmitForm:
     """The checked form of POST /v1/predict and /v1/jobs."""
 
     model: str
-    top_k: int
+    params: dict[str, Any]  # the handler's Params, validated, JSON-ready
     timeout: float | None
     files: list[Upload]
+
+    @property
+    def params_json(self) -> str:
+        """The params as stored in each job record."""
+        return json.dumps(self.params, separators=(",", ":"), sort_keys=True)
+
+
+_NO_PRE = Preprocess(1, 1, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+_RESERVED = frozenset({"file", "model", "timeout"})
+
+
+@lru_cache(maxsize=256)
+def _params_of(name: str, task: str, handler: str | None) -> type[BaseModel]:
+    return params_class(ModelSpec(name, "none", _NO_PRE, task=task, handler=handler))
+
+
+def _params_type(spec: ModelSpec) -> type[BaseModel]:
+    # Keyed on what decides the class (a spec itself is unhashable: it holds options).
+    return _params_of(spec.name, spec.task, spec.handler)
+
+
+def validate_params(spec: ModelSpec, raw: dict[str, str]) -> dict[str, Any]:
+    """The handler's params from form fields; RequestInvalid names the first bad field."""
+    try:
+        params = _params_type(spec).model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "params"
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(_params_type(spec).model_fields)) or "none"
+            message = f"{field!r} is not a parameter of model {spec.name!r} (allowed: {allowed})"
+        else:
+            message = f"{field!r}: {first['msg']}"
+        raise RequestInvalid(message, field=field) from exc
+    dumped: dict[str, Any] = params.model_dump(mode="json")
+    return dumped
 
 
 def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
@@ -48,8 +106,11 @@ def multipart_form_doc(with_timeout: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "model": {"type": "string"},
-        "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
     }
+    # The built-in handlers' params; which apply depends on the model (GET /v1/models).
+    for params in BUILTIN_PARAMS:
+        for name, schema in params.model_json_schema()["properties"].items():
+            properties.setdefault(name, {k: v for k, v in schema.items() if k != "title"})
     if with_timeout:
         properties["timeout"] = {"type": "number", "exclusiveMinimum": 0}
     schema = {"type": "object", "required": ["file"], "properties": properties}
@@ -68,20 +129,32 @@ def safe_filename(name: str | None, index: int) -> str:
     return base or f"file{index}"
 
 
-async def read_form(request: Request, settings: ApiSettings) -> SubmitForm:
+async def read_form(
+    request: Request,
+    settings: ApiSettings,
+    registry: dict[str, ModelSpec],
+    model: str | None = None,
+) -> SubmitForm:
     """Parse, limit and validate the form; raise a VisionqError for anything wrong.
 
-    A refusal counts in ``visionq_jobs_rejected_total`` by its error code (400, 413, 415).
+    ``model`` overrides the form's (a batch keeps the model it was created with). A refusal
+    counts in ``visionq_jobs_rejected_total`` by its error code (400, 413, 415, 422).
     """
-    model = [""]  # the form's model once it is parsed, to label a refusal
+    label = [model or ""]  # the form's model once it is parsed, to label a refusal
     try:
-        return await _read_form(request, settings, model)
+        return await _read_form(request, settings, registry, model, label)
     except VisionqError as exc:
-        API_METRICS.count_rejected(model[0], exc.code)
+        API_METRICS.count_rejected(label[0], exc.code)
         raise
 
 
-async def _read_form(request: Request, settings: ApiSettings, model: list[str]) -> SubmitForm:
+async def _read_form(
+    request: Request,
+    settings: ApiSettings,
+    registry: dict[str, ModelSpec],
+    model: str | None,
+    label: list[str],
+) -> SubmitForm:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
@@ -96,15 +169,16 @@ async def _read_form(request: Request, settings: ApiSettings, model: list[str]) 
             ) from exc
         raise RequestInvalid(f"malformed multipart body: {exc.detail}") from exc
     try:
-        model[0] = _text(form, "model") or settings.default_model
-        return await _check(form, settings)
+        label[0] = model or _text(form, "model") or settings.default_model
+        return await _check(form, settings, registry, model)
     finally:
         await form.close()
 
 
-async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
-    model = _text(form, "model") or settings.default_model
-    top_k = _number(form, "top_k", int, default=5, low=1, high=1000) or 5
+async def _check(
+    form: FormData, settings: ApiSettings, registry: dict[str, ModelSpec], forced: str | None
+) -> SubmitForm:
+    model = forced or _text(form, "model") or settings.default_model
     timeout = _number(form, "timeout", float, default=None, low=0.001, high=settings.max_timeout_s)
     parts = form.getlist("file")
     if not parts:
@@ -124,7 +198,17 @@ async def _check(form: FormData, settings: ApiSettings) -> SubmitForm:
             exc.details["filename"] = name
             raise
         uploads.append(Upload(name, data, info.format))
-    return SubmitForm(model=model, top_k=top_k, timeout=timeout, files=uploads)
+    if model not in settings.models or model not in registry:
+        raise ModelNotFound(
+            f"model {model!r} is not served; available: {', '.join(settings.models)}"
+        )
+    raw: dict[str, str] = {}
+    for key in form:
+        value = _text(form, key) if key not in _RESERVED else None
+        if value is not None:  # a blank field means the default
+            raw[key] = value
+    params = validate_params(registry[model], raw)
+    return SubmitForm(model=model, params=params, timeout=timeout, files=uploads)
 
 
 def _text(form: FormData, name: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -9,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocess import decode_and_preprocess
 from models.specs import ModelSpec
 
 
@@ -65,36 +65,46 @@ def measure_raw(
     device_name: str,
     max_pixels: int = 40_000_000,
 ) -> RawResult:
-    """Decode-only, forward-only and decode+preprocess+forward rates; ~``seconds`` each."""
+    """Decode-only, forward-only and decode+forward+encode rates; ~``seconds`` each.
+
+    The model runs through its handler exactly as a worker runs it (same decode, collate,
+    predict, split and encode, same autocast), with default params, minus the server.
+    """
     import torch
 
-    from models.loader import load_model
-    from services.gpu_worker.inference import Normalizer
+    from services.common.settings import get_worker_settings
+    from services.gpu_worker.device import default_threads
+    from services.gpu_worker.serving import build_served
 
     device = torch.device(device_name)
-    loaded = load_model(spec, weights_dir=None, allow_random=True, allow_download=False,
-                        device=device)  # fmt: skip
-    normalize = Normalizer(spec.preprocess, device, channels_last=device.type == "cuda")
-    model = loaded.module
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    settings = get_worker_settings().model_copy(
+        update={
+            "allow_random_weights": True,
+            "allow_download": False,
+            "max_image_pixels": max_pixels,
+            "max_batch_size": max(batch_sizes),
+            "fault_injection": False,
+        }
+    )
+    # The worker's own thread count (see services/gpu_worker/device.py), so the raw limit
+    # and the served stack run the forward the same way.
+    threads = settings.torch_threads or default_threads(device.type, os.cpu_count())[0]
+    torch.set_num_threads(threads)
+    served = build_served(spec, settings, device)
+    params = served.params_type()
+    encode = served.handler.encode
 
-    def forward(batch: np.ndarray) -> None:
-        with torch.inference_mode():
-            ac = torch.autocast("cuda", torch.float16) if device.type == "cuda" else None
-            if ac is not None:
-                with ac:
-                    model(normalize(batch))
-            else:
-                model(normalize(batch))
+    def forward(items: list[Any]) -> list[Any]:
+        outputs = served.forward(items)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return outputs
 
-    def decode(data: bytes) -> np.ndarray:
-        return decode_and_preprocess(data, spec.preprocess, max_pixels=max_pixels)
+    def decode(data: bytes) -> Any:
+        return served.decode(data, params)
 
-    arrays = [decode(d) for d in images]  # also warms the decoder
-    forward(np.stack(arrays[:1]))
+    items = [decode(d) for d in images]  # also warms the decoder
+    forward(items[:1])
     result = RawResult(device=device_name, torch_threads=torch.get_num_threads(), decode_per_s=0)
 
     def decode_one(n: int) -> int:
@@ -103,16 +113,17 @@ def measure_raw(
 
     result.decode_per_s = _best_rate(decode_one, seconds)
     for size in batch_sizes:
-        batch = np.stack([arrays[i % len(arrays)] for i in range(size)])
+        batch = [items[i % len(items)] for i in range(size)]
         forward(batch)  # warm-up for this shape
 
-        def forward_only(_: int, batch: np.ndarray = batch) -> int:
+        def forward_only(_: int, batch: list[Any] = batch) -> int:
             forward(batch)
             return len(batch)
 
         def full_loop(n: int, size: int = size) -> int:
             chunk = [images[(n + i) % len(images)] for i in range(size)]
-            forward(np.stack([decode(d) for d in chunk]))
+            for output in forward([decode(d) for d in chunk]):
+                encode(output, params)
             return size
 
         result.forward_per_s[size] = _best_rate(forward_only, seconds)
@@ -121,7 +132,8 @@ def measure_raw(
     times = []
     for data in images[:20]:
         t = time.perf_counter()
-        forward(np.stack([decode(data)]))
+        for output in forward([decode(data)]):
+            encode(output, params)
         times.append(time.perf_counter() - t)
     result.single_image_ms = float(np.median(times) * 1000)
     return result

@@ -158,6 +158,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return print_models(get_api_settings(), sys.stdout)
 
 
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Send images to the API."""
     from services.cli.predict import PredictOptions, run_command
@@ -170,6 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         api_key=args.api_key,
         retries=args.retries,
+        params=dict(args.param or []),
     )
     return run_command(args.paths, opts, args.out, args.resume, sys.stdout)
 
@@ -235,10 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-targets", action="store_true",
                    help="do not rewrite deploy/prometheus/targets/workers.yml")  # fmt: skip
 
-    p = add("predict", cmd_predict, "classify files, folders (recursive) or globs via the API")
+    p = add(
+        "predict", cmd_predict, "run a model on files, folders (recursive) or globs via the API"
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     p.add_argument("--model", default=None, help="default: the server's default model")
     p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        metavar="NAME=VALUE",
+        help="a model parameter (GET /v1/models lists them), e.g. score_threshold=0.3",
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument(
         "--out",

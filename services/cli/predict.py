@@ -29,8 +29,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from services.cli.predict_output import Sink, done_paths, open_sink
-from services.client import ApiError, AsyncClient, ClientError, RetryPolicy
+from services.cli.predict_output import CSV_TASKS, Sink, done_paths, is_csv, open_sink
+from services.client import ApiError, AsyncClient, Client, ClientError, RetryPolicy
 from services.common.errors import ConfigError
 
 # Every format the server may accept; the server decides (415 for one it does not).
@@ -93,6 +93,7 @@ class PredictOptions:
     concurrency: int = 4
     api_key: str | None = None
     retries: int = 3
+    params: dict[str, str] = field(default_factory=dict)  # the model's own options
 
 
 @dataclass
@@ -135,7 +136,11 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
         return _error(path, "read_error", str(exc))
     try:
         result = await client.predict(
-            [(path.name, data)], model=opts.model, top_k=opts.top_k, timeout=opts.timeout_s
+            [(path.name, data)],
+            model=opts.model,
+            top_k=opts.top_k,
+            timeout=opts.timeout_s,
+            params=opts.params,
         )
     except ApiError as exc:
         return _error(path, exc.code, exc.message)
@@ -146,14 +151,34 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
     pred = result.predictions[0]
     if pred.error is not None:
         return {"path": str(path), "filename": path.name, "error": pred.error}
-    return {
+    record: Record = {
         "path": str(path),
         "filename": path.name,
         "model": result.model,
         "job_id": pred.job_id,
-        "top_k": [{"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k],
-        "timings": pred.timings,
+        "result": pred.raw.get("result"),
     }
+    if "top_k" in pred.raw:  # classifiers: kept at the top level, as in the API
+        record["top_k"] = [
+            {"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k
+        ]
+    record["timings"] = pred.timings
+    return record
+
+
+def check_csv_task(opts: PredictOptions) -> None:
+    """CSV holds classification and detection results only: refuse others before sending."""
+    try:
+        with Client(opts.url, api_key=opts.api_key, retry=RetryPolicy(retries=0)) as vq:
+            models = vq.models()
+    except ClientError:
+        return  # the files' own requests will report what is wrong with the server
+    chosen = next((m for m in models if (m.name == opts.model if opts.model else m.default)), None)
+    if chosen is not None and chosen.task not in CSV_TASKS:
+        raise ConfigError(
+            f"CSV output holds {' and '.join(CSV_TASKS)} results; model {chosen.name!r} is "
+            f"{chosen.task}: write JSON lines (--out results.jsonl)"
+        )
 
 
 async def _run(
@@ -238,6 +263,8 @@ def run_command(
         done = done_paths(Path(out))
         kept = [f for f in files if str(f.resolve()) not in done]
         skipped, files = len(files) - len(kept), kept
+    if out is not None and is_csv(Path(out)):
+        check_csv_task(opts)
     with open_sink(out, append=resume, stdout=stream) as sink:
         summary = predict_files(files, opts, sink) if files else Summary(total=0)
     summary.skipped = skipped

@@ -24,7 +24,13 @@ CSV_COLUMNS = [
     "batch_size",
     "inference_ms",
     "total_ms",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
 ]
+#: Tasks whose results fit CSV rows (one per file, or one per detected box).
+CSV_TASKS = ("classification", "detection")
 
 
 class Sink(Protocol):
@@ -47,7 +53,8 @@ class JsonlSink:
 
 
 class CsvSink:
-    """One CSV row per file: the best label in columns, all of top-k in one cell."""
+    """CSV rows: one per file for classifiers (best label in columns, all of top-k in one
+    cell), one per box for detectors (a file with no box still gets one row)."""
 
     def __init__(self, stream: TextIO, header: bool) -> None:
         self.stream = stream
@@ -57,8 +64,22 @@ class CsvSink:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write and flush one record."""
-        self.writer.writerow(csv_row(record))
+        self.writer.writerows(csv_rows(record))
         self.stream.flush()
+
+
+def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record as CSV rows: one per detected box, else one."""
+    row = csv_row(record)
+    detections = (record.get("result") or {}).get("detections")
+    if not detections:
+        return [row]
+    rows = []
+    for det in detections:
+        x1, y1, x2, y2 = det["box"]
+        box = {"x1": f"{x1:.2f}", "y1": f"{y1:.2f}", "x2": f"{x2:.2f}", "y2": f"{y2:.2f}"}
+        rows.append({**row, "label": det["label"], "score": f"{det['score']:.6f}", **box})
+    return rows
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, Any]:

@@ -21,12 +21,21 @@ from services.client.errors import (
 from services.client.sync import Client
 from services.client.types import (
     BatchStatus,
+    Classification,
+    Custom,
+    Detection,
+    Detections,
+    Embedding,
     Job,
     JobRef,
     Label,
     ModelInfo,
     Prediction,
     PredictResult,
+    Result,
+    Segmentation,
+    SegmentClass,
+    parse_result,
 )
 
 __all__ = [
@@ -35,8 +44,13 @@ __all__ = [
     "ApiTimeout",
     "AsyncClient",
     "BatchStatus",
+    "Classification",
     "Client",
     "ClientError",
+    "Custom",
+    "Detection",
+    "Detections",
+    "Embedding",
     "FileInput",
     "Job",
     "JobRef",
@@ -44,7 +58,11 @@ __all__ = [
     "ModelInfo",
     "PredictResult",
     "Prediction",
+    "Result",
     "RetryPolicy",
     "RetryableError",
+    "SegmentClass",
+    "Segmentation",
     "TransportError",
+    "parse_result",
 ]

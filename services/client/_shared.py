@@ -7,7 +7,7 @@ import mimetypes
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,10 +83,15 @@ def file_parts(files: Iterable[FileInput]) -> Parts:
 
 
 def form_fields(
-    model: str | None, top_k: int | None = None, timeout: float | None = None
+    model: str | None,
+    top_k: int | None = None,
+    timeout: float | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The optional text fields of the upload forms."""
+    """The optional text fields of the upload forms (the model's params as form fields)."""
     fields: dict[str, str] = {}
+    for name, value in (params or {}).items():
+        fields[name] = str(value).lower() if isinstance(value, bool) else str(value)
     if model:
         fields["model"] = model
     if top_k is not None:

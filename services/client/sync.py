@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -93,8 +93,13 @@ class Client:
         model: str | None = None,
         top_k: int | None = None,
         timeout: float | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> PredictResult:
-        """Upload and wait for the top-k of every file (ApiTimeout carries the job ids)."""
+        """Upload and wait for every file's result (ApiTimeout carries the job ids).
+
+        ``params`` are the model's own options (``GET /v1/models`` lists their schema), e.g.
+        ``{"score_threshold": 0.3}`` for a detector; ``top_k`` is the classifiers' one.
+        """
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = max(self._http.timeout.read or 0.0, timeout + 10.0)
@@ -102,7 +107,7 @@ class Client:
             "POST",
             "/v1/predict",
             files=file_parts(files),
-            data=form_fields(model, top_k, timeout),
+            data=form_fields(model, top_k, timeout, params),
             headers=idempotency_headers(),
             **kwargs,
         )
@@ -111,14 +116,18 @@ class Client:
         return PredictResult(str(body.get("model", "")), preds)
 
     def submit(
-        self, files: Sequence[FileInput], model: str | None = None, top_k: int | None = None
+        self,
+        files: Sequence[FileInput],
+        model: str | None = None,
+        top_k: int | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> list[JobRef]:
         """Queue the files as interactive jobs; their ids to poll."""
         resp = self._request(
             "POST",
             "/v1/jobs",
             files=file_parts(files),
-            data=form_fields(model, top_k),
+            data=form_fields(model, top_k, params=params),
             headers=idempotency_headers(),
         )
         return [
@@ -155,6 +164,7 @@ class Client:
         model: str | None = None,
         top_k: int | None = None,
         chunk_size: int = 32,
+        params: Mapping[str, Any] | None = None,
     ) -> str:
         """Upload many files as one low-priority batch, ``chunk_size`` per request; its id."""
         if not files:
@@ -164,7 +174,7 @@ class Client:
             "POST",
             "/v1/batches",
             files=file_parts(first),
-            data=form_fields(model, top_k),
+            data=form_fields(model, top_k, params=params),
             headers=idempotency_headers(),
         )
         batch_id = str(json_body(resp)["batch_id"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,121 @@ def _labels(raw: Any) -> list[Label]:
 
 
 @dataclass(frozen=True)
+class Classification:
+    """A classifier's result: labels, best first."""
+
+    top_k: list[Label]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: box ``[x1, y1, x2, y2]`` in the image's pixels (as shown)."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Detections:
+    """A detector's result, best first."""
+
+    detections: list[Detection]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """An embedder's result; ``base64-f16`` answers are decoded to floats here."""
+
+    vector: list[float]
+    dim: int
+    normalized: bool
+
+
+@dataclass(frozen=True)
+class SegmentClass:
+    """A class present in a segmentation map and the fraction of pixels it covers."""
+
+    index: int
+    label: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmenter's result: the class map as PNG bytes or run lengths, and the classes."""
+
+    width: int
+    height: int
+    classes: list[SegmentClass]
+    png: bytes | None = None
+    rle: tuple[list[int], list[int]] | None = None  # (values, counts), row-major
+
+    def class_map(self) -> list[list[int]]:
+        """The class index of every pixel, rows of ``width`` (decodes the PNG or the RLE)."""
+        if self.png is not None:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(self.png)) as image:
+                flat = [int(v) for v in image.get_flattened_data()]  # type: ignore[arg-type]
+        else:
+            values, counts = self.rle or ([], [])
+            flat = [v for v, n in zip(values, counts, strict=True) for _ in range(n)]
+        return [flat[r * self.width : (r + 1) * self.width] for r in range(self.height)]
+
+
+@dataclass(frozen=True)
+class Custom:
+    """The result of a model with its own handler: the JSON as it came."""
+
+    data: dict[str, Any]
+
+
+Result = Classification | Detections | Embedding | Segmentation | Custom
+
+
+def parse_result(raw: Any) -> Result | None:
+    """The typed result of a job's JSON ``result`` (None when there is none)."""
+    if not isinstance(raw, dict):
+        return None
+    if "top_k" in raw:
+        return Classification(_labels(raw["top_k"]))
+    if "detections" in raw:
+        return Detections(
+            [
+                Detection(
+                    tuple(float(v) for v in d["box"]),  # type: ignore[arg-type]
+                    str(d["label"]),
+                    int(d["index"]),
+                    float(d["score"]),
+                )
+                for d in raw["detections"]
+            ]
+        )
+    if "embedding" in raw:
+        vector = raw["embedding"]
+        if isinstance(vector, str):  # encoding=base64-f16: little-endian float16
+            data = base64.b64decode(vector)
+            vector = [float(x) for x in struct.unpack(f"<{len(data) // 2}e", data)]
+        return Embedding([float(x) for x in vector], int(raw["dim"]), bool(raw.get("normalized")))
+    if "mask" in raw and "classes" in raw:
+        mask = raw["mask"]
+        classes = [
+            SegmentClass(int(c["index"]), str(c["label"]), float(c["fraction"]))
+            for c in raw["classes"]
+        ]
+        if mask.get("format") == "png":
+            png = base64.b64decode(mask["data"])
+            return Segmentation(int(raw["width"]), int(raw["height"]), classes, png=png)
+        rle = ([int(v) for v in mask["values"]], [int(n) for n in mask["counts"]])
+        return Segmentation(int(raw["width"]), int(raw["height"]), classes, rle=rle)
+    return Custom(dict(raw))
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One file's answer from POST /v1/predict: labels, or an error for that file alone."""
 
@@ -30,10 +147,12 @@ class Prediction:
     top_k: list[Label]
     timings: dict[str, Any]
     error: dict[str, Any] | None = None
+    result: Result | None = None  # typed per task; None for a failed file
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
-        """True when this file has labels."""
+        """True when this file has a result."""
         return self.error is None
 
     @classmethod
@@ -45,6 +164,8 @@ class Prediction:
             top_k=_labels(raw.get("top_k")),
             timings=dict(raw.get("timings") or {}),
             error=raw.get("error"),
+            result=parse_result(raw.get("result")),
+            raw=raw,
         )
 
 
@@ -76,6 +197,7 @@ class Job:
     top_k: list[Label] = field(default_factory=list)
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    result: Result | None = None  # typed per task
 
     ENDED = frozenset({"succeeded", "failed", "expired", "cancelled"})
 
@@ -96,6 +218,7 @@ class Job:
             top_k=_labels(result.get("top_k")),
             error=raw.get("error"),
             timings=dict(raw.get("timings") or {}),
+            result=parse_result(raw.get("result")),
         )
 
 
@@ -141,6 +264,7 @@ class ModelInfo:
     name: str
     task: str
     input_size: int
+    params_schema: dict[str, Any]
     default: bool
     queue_depth: int
     live_workers: int
@@ -152,6 +276,7 @@ class ModelInfo:
         return cls(
             name=str(raw["name"]),
             task=str(raw.get("task", "")),
+            params_schema=dict(raw.get("params_schema") or {}),
             input_size=int(raw.get("input_size", 0)),
             default=bool(raw.get("default", False)),
             queue_depth=int(raw.get("queue_depth", 0)),

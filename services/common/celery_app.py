@@ -50,7 +50,7 @@ def make_celery(
         accept_content=["json"],
         task_ignore_result=True,
         task_acks_late=True,
-        # Our own delivery counter fails a job that keeps killing workers (CLAIM_LUA), so a
+        # Our own delivery counter fails a job that keeps killing workers (claim.lua), so a
         # lost worker's message may be re-queued without looping forever.
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

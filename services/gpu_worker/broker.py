@@ -8,7 +8,7 @@ worker exits. Later acks of in-flight tasks on the dead channel fail the same wa
 
 Here those calls give up quietly instead: the messages stay in kombu's ``unacked`` hash in
 Redis and come back through the visibility-timeout sweep, and a job that already has its
-result is acked on redelivery without running again (see CLAIM_LUA), so nothing is lost or
+result is acked on redelivery without running again (see claim.lua), so nothing is lost or
 run twice.
 
 A Redis at its ``maxmemory`` (noeviction) refuses kombu's writes too: the queue binding
@@ -34,7 +34,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
-from services.common.lua import lua
+from services.common.protocol.scripts import kombu_append, kombu_bind
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ class QoS(kombu_redis.QoS):
         delivery = message.delivery_info
         raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
         with self.channel.conn_or_acquire() as client:
-            client.register_script(lua("kombu_append"))(
-                keys=[self.unacked_index_key, self.unacked_key],
-                args=[time.time(), delivery_tag, raw],
+            keys = [self.unacked_index_key, self.unacked_key]
+            kombu_append(
+                client, keys, delivery_time=time.time(), tag=delivery_tag, message_json=raw
             )
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
@@ -111,10 +111,10 @@ class Channel(kombu_redis.Channel):
         except redis.exceptions.OutOfMemoryError:
             # The same two set members kombu writes (the fanout marking above already ran).
             member = self.sep.join([routing_key or "", pattern or "", queue or ""])
-            keys = [self.keyprefix_queue % (exchange,)]
-            keys.append(self.keyprefix_binding_permanent % (exchange,))
+            table = self.keyprefix_queue % (exchange,)
+            permanent = self.keyprefix_binding_permanent % (exchange,)
             with self.conn_or_acquire() as client:
-                client.register_script(lua("kombu_bind"))(keys=keys, args=[member])
+                kombu_bind(client, table, permanent, member=member)
 
 
 class Transport(kombu_redis.Transport):

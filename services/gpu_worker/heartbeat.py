@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from services.common.jobs import worker_key
-from services.common.lua import lua
+from services.common.protocol.scripts import beat
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ class Heartbeat:
     ) -> None:
         self._client = client
         self._key = worker_key(worker_id)
-        self._set = client.register_script(lua("heartbeat"))
         self._info = {
             **info,
             "worker_id": worker_id,
@@ -55,7 +54,7 @@ class Heartbeat:
         ttl_ms = int(self._interval_s * 3000)
         try:
             # allow-oom: a worker draining a full Redis must not be taken for dead.
-            self._set(keys=[self._key], args=[json.dumps(self._info), ttl_ms])
+            beat(self._client, self._key, json.dumps(self._info), ttl_ms=ttl_ms)
         except redis.RedisError as exc:
             logger.warning("heartbeat failed: %s", exc)
 

@@ -93,16 +93,17 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         port = settings.metrics_port + index
         start_http_server(port, addr=settings.metrics_host)
         logger.info("worker metrics on :%d/metrics", port)
-    metrics.mark_up(label, specs)
+    metrics.mark_up(label, {name: served.task for name, served in runtime.served.items()})
     gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {
         name: {
-            "source": lm.source.kind,
-            "location": lm.source.location,
-            "random": lm.source.is_random,
+            "source": src.kind,
+            "location": src.location,
+            "random": src.is_random,
         }
-        for name, lm in runtime.loaded.items()
+        for name, served in runtime.served.items()
+        if (src := served.handler.weights_source) is not None
     }
     heartbeat = Heartbeat(
         client,

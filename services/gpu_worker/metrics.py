@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from prometheus_client import (
     REGISTRY,
@@ -67,7 +67,7 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "visionq_batch_size",
             "Jobs per forward pass",
-            ["model", "device"],
+            ["model", "device", "task"],
             buckets=batch_size_buckets(max_batch_size),
             registry=r,
         )
@@ -95,7 +95,7 @@ class WorkerMetrics:
         self.jobs_completed = Counter(
             "visionq_jobs_completed_total",
             "Jobs ended by this worker",
-            ["model", "device", "outcome"],
+            ["model", "device", "outcome", "task"],
             registry=r,
         )
         self.oom = Counter(
@@ -120,21 +120,22 @@ class WorkerMetrics:
             registry=r,
         )
 
-    def mark_up(self, device: str, models: Iterable[str] = ()) -> None:
+    def mark_up(self, device: str, tasks: Mapping[str, str] | None = None) -> None:
         """Publish the series that exist from start-up on, before any job arrives.
 
         Every label combination an alert or panel reads exists at 0 from the start, so
         ``increase()`` and ``rate()`` see the very first event (an absent series has no
-        "before" to compare with) and a panel shows 0 rather than "no data".
+        "before" to compare with) and a panel shows 0 rather than "no data". ``tasks`` maps
+        each served model to its task (the ``task`` label).
         """
         self.worker_up.labels(device).set(1)
         self.batch_limit.labels(device).set(self.max_batch_size)
         self.oom.labels(device)
-        for model in models:
-            self.batch_size.labels(model, device)
+        for model, task in (tasks or {}).items():
+            self.batch_size.labels(model, device, task)
             for stage in STAGES:
                 self.batch_duration.labels(model, device, stage)
             self.queue_wait.labels(model)
             self.job_latency.labels(model)
             for outcome in OUTCOMES:
-                self.jobs_completed.labels(model, device, outcome)
+                self.jobs_completed.labels(model, device, outcome, task)

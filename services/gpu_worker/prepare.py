@@ -1,5 +1,8 @@
 """Stage one of a batch: claim the jobs in Redis and decode their images (no torch here).
 
+Each job's params (JSON in its record) are parsed with the handler's ``Params`` here, and
+the handler's ``decode(data, params)`` runs on the decode threads.
+
 It runs on its own thread so that the next batch is claimed and decoded while the current
 one is in the forward pass; PIL releases the GIL while it decodes and resizes.
 """
@@ -9,15 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from pydantic import BaseModel, ValidationError
 
-from models.preprocess import WHITE, Color, decode_and_preprocess
-from models.specs import Preprocess
 from services.common.errors import VisionqError
 from services.common.jobs import Status
 from services.gpu_worker.store import Claim, Outcome
@@ -50,7 +51,8 @@ class Prepared:
     model: str
     run_items: list[WorkItem]
     run_claims: list[Claim]
-    arrays: list[np.ndarray]
+    items: list[Any]  # the handler's decoded items, one per runnable job
+    params: list[Any]  # the handler's Params, one per runnable job
     decode_ms: list[float]
     ended: list[tuple[WorkItem, Outcome]]
     claimed_at: float  # wall clock, to compute queue wait
@@ -59,50 +61,50 @@ class Prepared:
     trace: Any = None  # a job_trace.BatchTrace when tracing is on
 
 
-# Decoders return uint8 (3, S, S): numpy on the CPU path, a CUDA tensor with GPU decode.
-DecodeFn = Callable[[bytes], Any]
+# The handler's decode(data, params) -> item, possibly wrapped by the runtime.
+DecodeFn = Callable[[bytes, Any], Any]
 
 
-def make_decoder(
-    pre: Preprocess,
-    max_pixels: int,
-    *,
-    background: Color = WHITE,
-    formats: Iterable[str] | None = None,
-    fast_decode: bool = False,
-) -> DecodeFn:
-    """The per-image decode (as a viewer shows it) + resize + crop to uint8 for one model."""
-    accepted = tuple(formats) if formats is not None else None
+class _Failed:
+    """A decode that raised; kept in place of the item."""
 
-    def decode(data: bytes) -> np.ndarray:
-        return decode_and_preprocess(
-            data,
-            pre,
-            max_pixels=max_pixels,
-            background=background,
-            formats=accepted,
-            fast_decode=fast_decode,
-        )
-
-    return decode
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
 
 
-def _timed(decode: DecodeFn, data: bytes) -> tuple[np.ndarray | VisionqError | Exception, float]:
+def _timed(decode: DecodeFn, data: bytes, params: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     try:
-        value: np.ndarray | VisionqError | Exception = decode(data)
+        value: Any = decode(data, params)
     except Exception as exc:  # one bad image fails only its own job
-        value = exc
+        value = _Failed(exc)
     return value, (time.perf_counter() - start) * 1000
 
 
 def decode_all(
-    decode: DecodeFn, images: list[bytes], pool: ThreadPoolExecutor | None
-) -> list[tuple[np.ndarray | VisionqError | Exception, float]]:
-    """Decode every image, each failure kept as its own value."""
+    decode: DecodeFn,
+    images: list[bytes],
+    params: list[Any],
+    pool: ThreadPoolExecutor | None,
+) -> list[tuple[Any, float]]:
+    """Decode every image; a failure is kept as a ``_Failed`` in its place."""
     if pool is None or len(images) < 2:
-        return [_timed(decode, data) for data in images]
-    return list(pool.map(lambda data: _timed(decode, data), images))
+        return [_timed(decode, data, p) for data, p in zip(images, params, strict=True)]
+    return list(pool.map(lambda pair: _timed(decode, *pair), zip(images, params, strict=True)))
+
+
+def parse_params(params_type: type[BaseModel], raw: str) -> BaseModel:
+    """A job's params from its record (the API validated them; '' means the defaults)."""
+    return params_type.model_validate_json(raw or "{}")
+
+
+def _failure(item: WorkItem, claim: Claim, code: str, message: str, ms: float) -> Outcome:
+    return Outcome(
+        item.job_id,
+        Status.FAILED,
+        error={"code": code, "message": message[:300]},
+        timings={"decode_ms": round(ms, 3), "deliveries": claim.deliveries},
+    )
 
 
 def build_prepared(
@@ -110,53 +112,53 @@ def build_prepared(
     items: list[WorkItem],
     claims: list[Claim],
     decode: DecodeFn,
+    params_type: type[BaseModel],
     pool: ThreadPoolExecutor | None,
     claimed_at: float,
 ) -> tuple[Prepared, list[WorkItem]]:
-    """Sort a claimed batch into runnable images, failed decodes, and jobs to just ack."""
-    skipped: list[WorkItem] = []
-    todo: list[tuple[WorkItem, Claim]] = []
-    for item, claim in zip(items, claims, strict=True):
-        if claim.verdict == "run":
-            todo.append((item, claim))
-        else:
-            # Already terminal (cancelled, expired, poison, redelivered after success):
-            # the claim script stored what there was to store.
-            skipped.append(item)
-    decoded = decode_all(decode, [c.image for _, c in todo], pool)
+    """Sort a claimed batch into runnable items, failed ones, and jobs to just ack."""
     now = time.monotonic()
     prepared = Prepared(
         model=model,
         run_items=[],
         run_claims=[],
-        arrays=[],
+        items=[],
+        params=[],
         decode_ms=[],
         ended=[],
         claimed_at=claimed_at,
         batch_wait_ms=max((now - it.received) * 1000 for it in items),
     )
-    for (item, claim), (value, ms) in zip(todo, decoded, strict=True):
-        if not isinstance(value, BaseException):  # numpy, or a CUDA tensor (GPU decode)
+    skipped: list[WorkItem] = []
+    todo: list[tuple[WorkItem, Claim, BaseModel]] = []
+    for item, claim in zip(items, claims, strict=True):
+        if claim.verdict != "run":
+            # Already terminal (cancelled, expired, poison, redelivered after success):
+            # the claim script stored what there was to store.
+            skipped.append(item)
+            continue
+        try:
+            todo.append((item, claim, parse_params(params_type, claim.params)))
+        except ValidationError as exc:
+            # The API validated them: only a record written by another version gets here.
+            message = f"stored params do not fit this model: {exc}"
+            prepared.ended.append((item, _failure(item, claim, "validation_error", message, 0)))
+    decoded = decode_all(decode, [c.image for _, c, _ in todo], [p for *_, p in todo], pool)
+    for (item, claim, params), (value, ms) in zip(todo, decoded, strict=True):
+        if not isinstance(value, _Failed):
             prepared.run_items.append(item)
             prepared.run_claims.append(claim)
-            prepared.arrays.append(value)
+            prepared.items.append(value)
+            prepared.params.append(params)
             prepared.decode_ms.append(ms)
             continue
-        code = value.code if isinstance(value, VisionqError) else "invalid_image"
-        if not isinstance(value, VisionqError):
+        error = value.exc
+        if isinstance(error, VisionqError):
+            outcome = _failure(item, claim, error.code, error.message, ms)
+        else:
             logger.warning(
-                "decoding job %s failed: %r", item.job_id, value, extra={"job_id": item.job_id}
+                "decoding job %s failed: %r", item.job_id, error, extra={"job_id": item.job_id}
             )
-        message = value.message if isinstance(value, VisionqError) else f"cannot decode: {value}"
-        prepared.ended.append(
-            (
-                item,
-                Outcome(
-                    item.job_id,
-                    Status.FAILED,
-                    error={"code": code, "message": message[:300]},
-                    timings={"decode_ms": round(ms, 3), "deliveries": claim.deliveries},
-                ),
-            )
-        )
+            outcome = _failure(item, claim, "invalid_image", f"cannot decode: {error}", ms)
+        prepared.ended.append((item, outcome))
     return prepared, skipped

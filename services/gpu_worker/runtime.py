@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from models.loader import LoadedModel, load_model
 from models.specs import ModelSpec
 from services.common.logs import log_context
 from services.common.settings import WorkerSettings
@@ -110,9 +109,9 @@ class Runtime:
         return item
 
     @property
-    def loaded(self) -> dict[str, LoadedModel]:
-        """The models this worker serves."""
-        return {name: served.loaded for name, served in self._served.items()}
+    def served(self) -> dict[str, Served]:
+        """The models this worker serves, with their set-up handlers."""
+        return dict(self._served)
 
     # -- inference thread ---------------------------------------------------------------
 
@@ -159,20 +158,15 @@ class Runtime:
         if decode_threads > 1:
             self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vq-decode")
         for name, spec in self.specs.items():
-            loaded = load_model(
-                spec,
-                weights_dir=self.settings.weights_dir,
-                allow_random=self.settings.allow_random_weights,
-                allow_download=self.settings.allow_download,
-                device=device,
-            )
-            self._served[name] = build_served(loaded, self.settings, device)
+            served = build_served(spec, self.settings, device)
+            self._served[name] = served
+            source = served.handler.weights_source
             logger.info(
-                "model %s ready on %s (weights: %s %s; %d torch threads, %d decode threads)",
+                "model %s (%s) ready on %s (weights: %s; %d torch threads, %d decode threads)",
                 name,
+                served.task,
                 label,
-                loaded.source.kind,
-                loaded.source.location,
+                f"{source.kind} {source.location}" if source is not None else "none",
                 torch_threads,
                 decode_threads,
             )
@@ -184,10 +178,9 @@ class Runtime:
         forward_start = job_trace.now_ns()
         outcomes, forward_s = outcomes_for(
             prepared,
-            served.run,
-            served.loaded.labels,
+            served.forward,
+            served.handler.encode,
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
-            stack=served.stack,
         )
         forward_end = job_trace.now_ns()
         outcomes += [outcome for _, outcome in prepared.ended]
@@ -206,8 +199,9 @@ class Runtime:
         self, prepared: Prepared, outcomes: list[Outcome], forward_s: float, store_s: float
     ) -> None:
         m, dev = prepared.model, self.device_label
-        if prepared.arrays:
-            self.metrics.batch_size.labels(m, dev).observe(len(prepared.arrays))
+        if prepared.items:
+            task = self._served[m].task
+            self.metrics.batch_size.labels(m, dev, task).observe(len(prepared.items))
             self.metrics.batch_duration.labels(m, dev, "forward").observe(forward_s)
             decode_s = sum(prepared.decode_ms) / 1000.0
             self.metrics.batch_duration.labels(m, dev, "decode").observe(decode_s)
@@ -221,7 +215,7 @@ class Runtime:
                 self.metrics.job_latency.labels(m).observe(max(0.0, now - claim.created))
         for out in outcomes:
             outcome = out.status.value if out.error is None else out.error.get("code", "failed")
-            self.metrics.jobs_completed.labels(m, dev, outcome).inc()
+            self.metrics.jobs_completed.labels(m, dev, outcome, self._served[m].task).inc()
             if outcome in _SERVER_FAULTS and out.error is not None:
                 logger.warning(
                     "job %s failed: %s", out.job_id, out.error.get("message", outcome),
@@ -292,7 +286,7 @@ class Runtime:
         decode_start = job_trace.now_ns()
         with log_context(batch_id=batch_id):
             prepared, skipped = build_prepared(
-                model, items, claims, served.decode, self._pool, time.time()
+                model, items, claims, served.decode, served.params_type, self._pool, time.time()
             )
         prepared.batch_id = batch_id
         traced = [i.job_id for i in prepared.run_items] + [i.job_id for i, _ in prepared.ended]
@@ -319,4 +313,7 @@ class Runtime:
     def _count_skipped(self, model: str, claims: list[Claim]) -> None:
         for claim in claims:
             if claim.verdict in ("expired", "worker_lost"):
-                self.metrics.jobs_completed.labels(model, self.device_label, claim.verdict).inc()
+                task = self._served[model].task
+                self.metrics.jobs_completed.labels(
+                    model, self.device_label, claim.verdict, task
+                ).inc()

@@ -1,86 +1,111 @@
-"""Everything one served model needs on the inference thread: how to decode, stack, run.
+"""Everything one served model needs on the inference thread: its handler, wrapped.
 
-Built once per model after loading, on the thread that runs the forward passes.
+Built once per model after loading, on the thread that runs the forward passes. The
+runtime, not the handler, adds inference mode and autocast, batch buckets and (tests only)
+fault injection around the handler's ``collate -> predict -> split``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
+from PIL import Image
+from pydantic import BaseModel, ValidationError
 
-from models.loader import LoadedModel
+from models.handlers import Handler, HandlerOptions, make_handler
+from models.specs import ModelSpec
 from services.common.settings import WorkerSettings
 from services.gpu_worker.device import autocast_kwargs
-from services.gpu_worker.inference import ForwardFn, Normalizer, bucketed
-from services.gpu_worker.prepare import DecodeFn, make_decoder
+from services.gpu_worker.inference import ForwardFn, bucketed
 
 logger = logging.getLogger(__name__)
+
+DecodeFn = Callable[[bytes, Any], Any]
 
 
 @dataclass
 class Served:
-    """A loaded model with its decode, stack and forward functions."""
+    """A set-up handler with the runtime's decode and forward around it."""
 
-    loaded: LoadedModel
+    spec: ModelSpec
+    handler: Handler
     decode: DecodeFn
-    stack: Callable[[list[Any]], Any]
-    run: ForwardFn
+    forward: ForwardFn
+
+    @property
+    def params_type(self) -> type[BaseModel]:
+        """The handler's per-request options."""
+        return self.handler.Params
+
+    @property
+    def task(self) -> str:
+        """The handler's task (metrics label)."""
+        return self.spec.task if self.spec.handler is None else self.handler.task
 
 
-def build_served(loaded: LoadedModel, settings: WorkerSettings, device: torch.device) -> Served:
-    """Wire the settings (layout, autocast, compile, buckets, GPU decode) around a model."""
-    spec = loaded.spec
-    module = loaded.module
-    normalize = Normalizer(spec.preprocess, device, settings.channels_last)
-    if normalize.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    if settings.compile:
-        # Compiles lazily on the first call of each shape; buckets keep shapes few.
-        module = torch.compile(module)  # type: ignore[assignment]
-    ac = autocast_kwargs(device.type, settings.autocast_dtype)
-
-    def run(batch: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(**ac) if ac else nullcontext():
-            out: torch.Tensor = module(normalize(batch))
-            return out
-
-    forward: ForwardFn = run
-    decode: DecodeFn = make_decoder(
-        spec.preprocess,
-        settings.max_image_pixels,
+def handler_options(settings: WorkerSettings) -> HandlerOptions:
+    """The worker settings a handler sees."""
+    return HandlerOptions(
+        max_image_pixels=settings.max_image_pixels,
+        weights_dir=settings.weights_dir,
+        allow_random_weights=settings.allow_random_weights,
+        allow_download=settings.allow_download,
+        channels_last=settings.channels_last,
+        compile=settings.compile,
+        gpu_decode=settings.gpu_decode,
         background=settings.background_rgb,
-        formats=settings.accepted_formats,
+        accepted_formats=tuple(settings.accepted_formats),
         fast_decode=settings.fast_decode,
     )
+
+
+def _warmup_image() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wrap_handler(
+    handler: Handler, spec: ModelSpec, settings: WorkerSettings, device: torch.device
+) -> Served:
+    """Wire autocast, buckets and fault injection around a set-up handler, and warm it up."""
+    ac = autocast_kwargs(device.type, settings.autocast_dtype)
+
+    def forward(items: list[Any]) -> list[Any]:
+        batch = handler.collate(items)
+        with torch.inference_mode(), torch.autocast(**ac) if ac else nullcontext():
+            output = handler.predict(batch)
+        return handler.split(output)
+
+    run: ForwardFn = forward
+    decode: DecodeFn = handler.decode
     if settings.fault_injection:
         from services.gpu_worker.faults import faulty_decoder, faulty_forward
 
         logger.warning("FAULT INJECTION is on: images can kill or stall this worker (tests)")
-        forward, decode = faulty_forward(forward), faulty_decoder(decode)
+        run, decode = faulty_forward(run), faulty_decoder(decode)
     if settings.batch_buckets:
-        forward = bucketed(forward, settings.max_batch_size)
-    stack: Callable[[list[Any]], Any] = np.stack
-    if settings.gpu_decode:
-        if device.type == "cuda":
-            from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
+        run = bucketed(run, settings.max_batch_size)
+    served = Served(spec, handler, decode, run)
+    # Warm-up: the first call is slow (allocations, lazy init); a failure here is a bug
+    # in the handler, better found at start-up than on the first request.
+    try:
+        params = handler.Params()
+    except ValidationError:
+        logger.info("model %s: its Params have required fields; no warm-up", spec.name)
+        return served
+    forward([handler.decode(_warmup_image(), params)])
+    return served
 
-            decode = make_gpu_decoder(
-                spec.preprocess,
-                settings.max_image_pixels,
-                device,
-                background=settings.background_rgb,
-                formats=settings.accepted_formats,
-            )
-            stack = partial(stack_batch, device=device)
-        else:
-            logger.warning("VISIONQ_GPU_DECODE needs CUDA; decoding on the CPU")
-    size = spec.preprocess.input_size
-    forward(np.zeros((1, 3, size, size), dtype=np.uint8))  # warm-up: the first call is slow
-    return Served(loaded, decode, stack, forward)
+
+def build_served(spec: ModelSpec, settings: WorkerSettings, device: torch.device) -> Served:
+    """Make the spec's handler, set it up on ``device`` and wrap it for the runtime."""
+    handler = make_handler(spec, handler_options(settings))
+    handler.setup(device, spec)
+    return wrap_handler(handler, spec, settings, device)

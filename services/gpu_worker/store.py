@@ -10,33 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.typing import EncodableT
 
-from services.common.jobs import (
-    CLAIM_LUA,
-    DONE_CHANNEL,
-    Status,
-    image_key,
-    job_key,
-)
-from services.common.lua import lua
+from services.common.jobs import Status, job_key
+from services.common.protocol.scripts import ClaimReply, JobEnd, claim_jobs, finish_jobs
 
 logger = logging.getLogger(__name__)
 
 
-def _json(value: dict[str, Any] | None) -> str:
-    return "" if value is None else json.dumps(value, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What the claim script said about one job."""
-
-    verdict: str  # run | skip | expired | worker_lost
-    deliveries: int
-    created: float | None
-    top_k: int
-    image: bytes
+Claim = ClaimReply  # what the claim script said about one job
 
 
 @dataclass
@@ -55,8 +36,6 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, result_ttl_s: int, max_deliveries: int) -> None:
         self._client = client
-        self._claim = client.register_script(CLAIM_LUA)
-        self._finish = client.register_script(lua("finish"))
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
 
@@ -70,37 +49,20 @@ class JobStore:
 
         Without ``solo``, redelivered jobs come back as ``suspect`` and are not counted.
         """
-        keys = [DONE_CHANNEL]
-        for job_id in job_ids:
-            keys += [job_key(job_id), image_key(job_id)]
-        mode = "solo" if solo else "batch"
-        args: list[Any] = [time.time(), self._max_deliveries, self._result_ttl_s, worker, mode]
-        raw = self._claim(keys=keys, args=[*args, *job_ids])
-        claims = []
-        for verdict, deliveries, created, top_k, image in raw:
-            claims.append(
-                Claim(
-                    verdict=verdict.decode(),
-                    deliveries=int(deliveries),
-                    created=float(created) if created else None,
-                    top_k=int(top_k) if top_k else 5,
-                    image=image or b"",
-                )
-            )
-        return claims
+        return claim_jobs(
+            self._client,
+            list(job_ids),
+            now=time.time(),
+            max_deliveries=self._max_deliveries,
+            result_ttl_s=self._result_ttl_s,
+            worker=worker,
+            solo=solo,
+        )
 
     def finish(self, outcomes: Sequence[Outcome]) -> None:
-        """Store every outcome, drop the images, wake waiters: one atomic script call.
-
-        The script may write while Redis is full (allow-oom): each job it ends frees its image.
-        """
-        keys = [DONE_CHANNEL]
-        args: list[EncodableT] = [self._result_ttl_s, time.time()]
-        for out in outcomes:
-            keys += [job_key(out.job_id), image_key(out.job_id)]
-            args += [out.job_id, out.status.value, _json(out.result), _json(out.error)]
-            args.append(_json(out.timings))
-        self._finish(keys=keys, args=args)
+        """Store every outcome, drop the images, wake waiters: one script call."""
+        ends = [JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings) for o in outcomes]
+        finish_jobs(self._client, ends, now=time.time(), result_ttl_s=self._result_ttl_s)
 
     def finish_until_stored(self, outcomes: Sequence[Outcome], stop_after_s: float) -> bool:
         """Retry ``finish`` while Redis is away: a result not stored must not be acked."""

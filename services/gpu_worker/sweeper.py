@@ -22,10 +22,11 @@ import redis
 from celery import Celery
 
 from services.common.jobs import QUEUED_INDEX, TASK_NAME, job_key, queue_name
+from services.common.protocol.keys import SWEEPER_LOCK
 
 logger = logging.getLogger(__name__)
 
-LOCK_KEY = "vq:sweeper:lock"
+LOCK_KEY = SWEEPER_LOCK
 UNACKED_KEY = "unacked"  # kombu's default unacked_key
 
 

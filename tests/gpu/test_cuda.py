@@ -8,7 +8,7 @@ import torch
 
 from models.specs import BUILTIN_MODELS
 from services.gpu_worker.device import DevicePlan, autocast_kwargs, resolve_device
-from services.gpu_worker.inference import Normalizer, forward_topk
+from services.gpu_worker.inference import ForwardError, Normalizer, forward_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -55,7 +55,8 @@ def test_autocast_forward_agrees_with_fp32(dtype: str) -> None:
     np.testing.assert_allclose(
         amp.float().cpu().numpy(), run_fp32(batch).cpu().numpy(), atol=5e-2, rtol=5e-2
     )
-    assert len(forward_topk(run_amp, batch, 5)) == 8
+    outputs = forward_split(lambda items: list(run_amp(np.stack(items))), list(batch))
+    assert len(outputs) == 8 and not any(isinstance(o, ForwardError) for o in outputs)
 
 
 def test_gpu_jpeg_decode_is_close_to_the_cpu_path() -> None:
@@ -80,21 +81,39 @@ def test_gpu_jpeg_decode_is_close_to_the_cpu_path() -> None:
 
 
 def test_compile_with_buckets_runs() -> None:
-    from torchvision.models import mobilenet_v3_small
-
-    from models.loader import LoadedModel
-    from models.weights import WeightsSource
     from services.common.settings import WorkerSettings
     from services.gpu_worker.serving import build_served
 
-    module = mobilenet_v3_small().eval().cuda()
-    labels = [str(i) for i in range(1000)]
     spec = BUILTIN_MODELS["mobilenet_v3_small"]
-    loaded = LoadedModel(spec, module, labels, WeightsSource("random", ""))
-    settings = WorkerSettings(compile=True, batch_buckets=True, max_batch_size=8)
-    served = build_served(loaded, settings, torch.device("cuda:0"))
-    batch = np.random.default_rng(0).integers(0, 255, (3, 3, 224, 224), dtype=np.uint8)
-    assert served.run(batch).shape == (3, 1000)
+    settings = WorkerSettings(
+        compile=True, batch_buckets=True, max_batch_size=8, allow_random_weights=True
+    )
+    served = build_served(spec, settings, torch.device("cuda:0"))
+    items = list(np.random.default_rng(0).integers(0, 255, (3, 3, 224, 224), dtype=np.uint8))
+    outputs = served.forward(items)
+    assert len(outputs) == 3 and outputs[0].shape == (1000,)
+
+
+@pytest.mark.parametrize(
+    "name", ["ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "resnet18_embedding"]
+)
+def test_every_task_runs_under_autocast_on_cuda(name: str) -> None:
+    import io
+
+    from PIL import Image
+
+    from services.common.settings import WorkerSettings
+    from services.gpu_worker.serving import build_served
+
+    settings = WorkerSettings(allow_random_weights=True, allow_download=False)
+    served = build_served(BUILTIN_MODELS[name], settings, torch.device("cuda:0"))
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 120, 200)).save(buf, "JPEG")
+    params = served.params_type()
+    items = [served.decode(buf.getvalue(), params) for _ in range(3)]
+    for output in served.forward(items):
+        result = served.handler.encode(output, params)
+        assert isinstance(result, dict) and result
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -167,7 +167,8 @@ def test_custom_torchscript_model_with_labels_file(stack: Stack) -> None:
 def test_worker_metrics_on_its_own_port(stack: Stack) -> None:
     predict(stack.url, files(("w.jpg", jpeg(21))))
     text = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics").text
-    assert f'visionq_batch_size_count{{device="cpu",model="{TEST_MODEL}"}}' in text
+    count = f'visionq_batch_size_count{{device="cpu",model="{TEST_MODEL}",task="classification"}}'
+    assert count in text
     assert 'visionq_worker_up{device="cpu"} 1.0' in text
     assert "visionq_jobs_completed_total{" in text
     # No GPU here: the GPU series are absent, not fake zeros.

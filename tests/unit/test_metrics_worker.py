@@ -108,16 +108,17 @@ def test_nvml_finds_the_pinned_gpu_by_uuid_then_physical_index(
 
 def test_every_series_a_panel_or_alert_reads_exists_at_zero_without_created() -> None:
     metrics, registry = _fresh(8)
-    metrics.mark_up("cuda:1", ["m1", "m2"])
+    metrics.mark_up("cuda:1", {"m1": "classification", "m2": "detection"})
     value = registry.get_sample_value
-    for model in ("m1", "m2"):
+    for model, task in (("m1", "classification"), ("m2", "detection")):
         for outcome in ("succeeded", "invalid_image", "inference_error", "out_of_memory"):
-            labels = {"model": model, "device": "cuda:1", "outcome": outcome}
+            labels = {"model": model, "device": "cuda:1", "outcome": outcome, "task": task}
             assert value("visionq_jobs_completed_total", labels) == 0
         for stage in ("decode", "forward", "store"):
             labels = {"model": model, "device": "cuda:1", "stage": stage}
             assert value("visionq_batch_duration_seconds_count", labels) == 0
-        assert value("visionq_batch_size_count", {"model": model, "device": "cuda:1"}) == 0
+        labels = {"model": model, "device": "cuda:1", "task": task}
+        assert value("visionq_batch_size_count", labels) == 0
         assert value("visionq_job_latency_seconds_count", {"model": model}) == 0
         assert value("visionq_job_queue_wait_seconds_count", {"model": model}) == 0
     # prometheus-client would add a _created sample per child; the module turns them off.

@@ -109,7 +109,7 @@ def test_a_batch_records_one_forward_span_linked_from_each_job(exporter: object)
         Outcome("c", Status.FAILED, error={"code": "invalid_image", "message": "bad"}),
     ]
     items = [WorkItem(j, "m") for j in "ab"]
-    prepared = Prepared("m", items, [], [], [], [], 0.0, 0.0, batch_id="batch-1", trace=trace)
+    prepared = Prepared("m", items, [], [], [], [], [], 0.0, 0.0, batch_id="batch-1", trace=trace)
     job_trace.finish(prepared, outcomes, (1000, 5000), "cuda:0")
     spans = exporter.get_finished_spans()  # type: ignore[attr-defined]
     by_name: dict[str, list[object]] = {}

@@ -1,6 +1,6 @@
 """Batches: many images under one id, run on the models' bulk queues behind interactive jobs.
 
-A batch is ``vq:batch:<id>`` (a hash: model, top_k, created, cancelled) and
+A batch is ``vq:batch:<id>`` (a hash: model, params (JSON), created, cancelled) and
 ``vq:batch:<id>:jobs`` (the job ids in upload order). Both live as long as a job may wait
 plus as long as its result stays readable, renewed on every upload. Progress is counted
 from the job records themselves, so it needs nothing from the workers.
@@ -27,7 +27,9 @@ from services.api.state import ApiState
 from services.api.submit import check_model, new_job_ids, submit
 from services.api.uploads import SubmitForm, multipart_form_doc, read_form
 from services.common.errors import JobConflict, JobNotFound
-from services.common.jobs import BULK, CANCEL_LUA, DONE_CHANNEL, image_key, job_key
+from services.common.jobs import BULK
+from services.common.protocol.keys import batch_key, batch_members_key
+from services.common.protocol.scripts import cancel_jobs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -37,16 +39,6 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _PAGE = 1000
 _PENDING = ("queued", "running")
 _FAILED = ("failed", "expired")
-
-
-def batch_key(batch_id: str) -> str:
-    """Redis key of a batch's settings."""
-    return f"vq:batch:{batch_id}"
-
-
-def members_key(batch_id: str) -> str:
-    """Redis key of a batch's job ids, in upload order."""
-    return f"vq:batch:{batch_id}:jobs"
 
 
 class BatchNotFound(JobNotFound):
@@ -85,10 +77,10 @@ async def _add(
     earlier = await submit(state, form, job_ids, lane=BULK, idem=idem, batch_id=batch_id)
     if earlier is not None:
         first = str(earlier["batch_id"])
-        return int(await state.redis.llen(members_key(first))), first
+        return int(await state.redis.llen(batch_members_key(first))), first
     pipe = state.redis.pipeline(transaction=True)
-    pipe.rpush(members_key(batch_id), *job_ids)
-    pipe.expire(members_key(batch_id), _ttl(state))
+    pipe.rpush(batch_members_key(batch_id), *job_ids)
+    pipe.expire(batch_members_key(batch_id), _ttl(state))
     pipe.expire(batch_key(batch_id), _ttl(state))
     pipe.hget(batch_key(batch_id), "cancelled")
     total, _, _, cancelled = await pipe.execute()
@@ -101,7 +93,7 @@ async def _add(
 async def _ids(state: ApiState, batch_id: str, offset: int = 0) -> AsyncIterator[list[str]]:
     start = offset
     while True:
-        page = await state.redis.lrange(members_key(batch_id), start, start + _PAGE - 1)
+        page = await state.redis.lrange(batch_members_key(batch_id), start, start + _PAGE - 1)
         if not page:
             return
         yield [_str(i) for i in page]
@@ -117,7 +109,7 @@ async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict
     return {
         "batch_id": batch_id,
         "model": meta["model"],
-        "top_k": int(meta["top_k"]),
+        "params": json.loads(meta.get("params") or "{}"),
         "created": float(meta["created"]),
         "status": status,
         "total": sum(counts.values()),
@@ -132,22 +124,18 @@ async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict
 
 
 async def _cancel(state: ApiState, job_ids: list[str]) -> int:
-    pipe = state.redis.pipeline(transaction=False)
-    ttl = state.settings.result_ttl_s
-    for job_id in job_ids:
-        keys = [DONE_CHANNEL, job_key(job_id), image_key(job_id)]
-        pipe.eval(CANCEL_LUA, 3, *keys, ttl, job_id)
-    return sum(1 for outcome in await pipe.execute() if int(outcome) == 1)
+    outcomes = await cancel_jobs(state.redis, job_ids, result_ttl_s=state.settings.result_ttl_s)
+    return sum(1 for outcome in outcomes if outcome == 1)
 
 
 @router.post("", status_code=201, openapi_extra=_FORM_DOC)
 async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
-    form = await read_form(request, state.settings)
+    form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     batch_id = uuid.uuid4().hex
-    meta: list[str | int | float] = ["model", form.model, "top_k", form.top_k]
+    meta: list[str | int | float] = ["model", form.model, "params", form.params_json]
     meta += ["created", time.time()]
     await state.redis.hset(batch_key(batch_id), items=meta)
     await state.redis.expire(batch_key(batch_id), _ttl(state))
@@ -166,12 +154,12 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
 
 @router.post("/{batch_id}/files", openapi_extra=_FORM_DOC)
 async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
-    """Add files to a batch; they use the model and top_k the batch was created with."""
+    """Add files to a batch; they use the model and params the batch was created with."""
     meta = await _meta(state, batch_id)
     if meta.get("cancelled"):
         raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
-    form = await read_form(request, state.settings)
-    form = dataclasses.replace(form, model=meta["model"], top_k=int(meta["top_k"]))
+    form = await read_form(request, state.settings, state.registry, model=meta["model"])
+    form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     total, _ = await _add(state, batch_id, form, idem)
     return {"batch_id": batch_id, "added": len(form.files), "total": total}

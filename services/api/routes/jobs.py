@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from services.api.deps import StateDep
 from services.api.records import fetch_records
 from services.common.errors import JobConflict, JobNotFound
-from services.common.jobs import CANCEL_LUA, DONE_CHANNEL, image_key, job_key
+from services.common.protocol.scripts import cancel_jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -36,8 +36,7 @@ async def get_job(job_id: str, state: StateDep) -> dict[str, Any]:
 async def cancel_job(job_id: str, state: StateDep) -> dict[str, Any]:
     """Cancel a job that has not started."""
     _check_id(job_id)
-    keys = [DONE_CHANNEL, job_key(job_id), image_key(job_id)]
-    outcome = int(await state.redis.eval(CANCEL_LUA, 3, *keys, state.settings.result_ttl_s, job_id))
+    (outcome,) = await cancel_jobs(state.redis, [job_id], result_ttl_s=state.settings.result_ttl_s)
     if outcome < 0:
         raise JobNotFound(f"no job {job_id}: unknown, or its result expired")
     if outcome == 0:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from models.handlers import params_class, task_of
 from models.weights import resolve_weights
 from services.api.deps import StateDep
 from services.api.records import live_workers
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 @router.get("/models")
 async def list_models(state: StateDep) -> dict[str, Any]:
-    """Every served model with queue depth and live workers."""
+    """Every served model: task, params schema, queue depth and live workers."""
     settings = state.settings
     workers = await live_workers(state.redis)
     pipe = state.redis.pipeline(transaction=False)
@@ -32,7 +33,8 @@ async def list_models(state: StateDep) -> dict[str, Any]:
         serving = [w for w in workers if name in w.get("models", [])]
         entry: dict[str, Any] = {
             "name": name,
-            "task": spec.task,
+            "task": task_of(spec),
+            "params_schema": params_class(spec).model_json_schema(),
             "kind": spec.kind,
             "input_size": spec.preprocess.input_size,
             "default": name == settings.default_model,

@@ -29,7 +29,9 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
         }
     out: dict[str, Any] = {"filename": filename, "job_id": job_id}
     if record.status == Status.SUCCEEDED and record.result is not None:
-        out["top_k"] = record.result.get("top_k", [])
+        out["result"] = record.result
+        if "top_k" in record.result:  # classifiers: kept at the top level for compatibility
+            out["top_k"] = record.result["top_k"]
     else:
         out["error"] = record.error or {"code": record.status, "message": f"job {record.status}"}
     out["timings"] = record.timings
@@ -38,8 +40,8 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
 
 @router.post("/predict", openapi_extra=_FORM_DOC)
 async def predict(request: Request, state: StateDep) -> JSONResponse:
-    """Upload images and wait for their top-k (504 with the job ids when not in time)."""
-    form = await read_form(request, state.settings)
+    """Upload images and wait for their results (504 with the job ids when not in time)."""
+    form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     job_ids = new_job_ids(len(form.files))
@@ -75,7 +77,7 @@ _ENDED = {s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Sta
 @router.post("/jobs", status_code=202, openapi_extra=_FORM_DOC)
 async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
     """Upload images and get job ids to poll."""
-    form = await read_form(request, state.settings)
+    form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     job_ids = new_job_ids(len(form.files))

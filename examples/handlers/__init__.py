@@ -1,0 +1,1 @@
+"""Example model handlers (see docs/HANDLERS.md)."""

@@ -1,0 +1,128 @@
+"""Segmentation: a class per pixel at the image's own size, as a PNG or run lengths.
+
+Every image is resized to the model's square input (520 x 520 for torchvision's segmenters)
+so a batch is one tensor with no padding: padding would change the logits near the borders
+and make an image's map depend on its batch-mates. The logits are resized back to the
+image's own (oriented) size with bilinear interpolation before the argmax, as torchvision's
+segmentation references do.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.handlers.base import Handler
+from models.handlers.params import SegmentationParams
+from models.handlers.tensors import Normalizer, prepare_module
+from models.specs import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+SegItem = tuple[np.ndarray, tuple[int, int]]  # uint8 (3, S, S), (height, width)
+
+
+def run_lengths(mask: np.ndarray) -> dict[str, list[int]]:
+    """Row-major run lengths of a class map: ``{"values": [...], "counts": [...]}``."""
+    flat = mask.reshape(-1)
+    if flat.size == 0:
+        return {"values": [], "counts": []}
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    counts = np.diff(np.r_[starts, flat.size])
+    return {"values": flat[starts].astype(int).tolist(), "counts": counts.astype(int).tolist()}
+
+
+# Above this many upsampled logits (classes x pixels), classes are resized one at a time so
+# a 40-megapixel photo costs two maps of its size instead of one per class.
+_CHUNKED_ABOVE = 64_000_000
+
+
+def _class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Logits (C, S, S) -> bilinear to ``size`` -> argmax: uint8 (H, W)."""
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(
+            x[None], size=size, mode="bilinear", align_corners=False
+        )[0]
+
+    if logits.shape[0] * size[0] * size[1] <= _CHUNKED_ABOVE:
+        return up(logits).argmax(0).to(torch.uint8).cpu().numpy()
+    best = up(logits[:1])[0]
+    index = torch.zeros(size, dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[0]):
+        score = up(logits[c : c + 1])[0]
+        better = score > best  # strict: ties keep the lower index, as argmax does
+        best = torch.where(better, score, best)
+        index[better] = c
+    return index.cpu().numpy()
+
+
+class SegmentationHandler(Handler):
+    """uint8 (3, S, S) + size per image -> class map -> ``{"mask", "classes", ...}``."""
+
+    task = "segmentation"
+    Params = SegmentationParams
+
+    def setup(self, device: torch.device, spec: ModelSpec) -> None:
+        """Load the segmenter."""
+        self.device = device
+        self.size = spec.preprocess.input_size
+        self.normalize = Normalizer(spec.preprocess, device, self.options.channels_last)
+        self.module = prepare_module(
+            self.load_model(spec, device).module,
+            device,
+            channels_last=self.options.channels_last,
+            compile=self.options.compile,
+        )
+
+    def decode(self, data: bytes, params: Any) -> SegItem:
+        """The oriented image resized to S x S (bilinear, as torchvision on PIL), its size."""
+        image = self.decode_image(data)
+        resized = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        array = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
+        return array, (image.height, image.width)
+
+    def collate(self, items: list[SegItem]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """uint8 (N, 3, S, S) and the sizes to map back to."""
+        return np.stack([array for array, _ in items]), [size for _, size in items]
+
+    def predict(
+        self, batch: tuple[np.ndarray, list[tuple[int, int]]]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """ONE forward: logits (N, classes, S, S), float32."""
+        arrays, sizes = batch
+        return self.module(self.normalize(arrays))["out"].float(), sizes
+
+    def split(self, output: tuple[torch.Tensor, list[tuple[int, int]]]) -> list[np.ndarray]:
+        """Per image: logits resized to its own size, argmax -> uint8 (H, W) class map."""
+        logits, sizes = output
+        return [_class_map(row, size) for row, size in zip(logits, sizes, strict=True)]
+
+    def encode(self, item_output: np.ndarray, params: SegmentationParams) -> dict[str, Any]:
+        """``{"width", "height", "mask": {"format", ...}, "classes": [{"index", "label",
+        "fraction"}]}``; classes present only, most pixels first."""
+        height, width = item_output.shape
+        counts = np.bincount(item_output.reshape(-1), minlength=len(self.labels) or 1)
+        classes = [
+            {
+                "index": int(i),
+                "label": self.label(int(i)),
+                "fraction": float(counts[i]) / counts.sum(),
+            }
+            for i in np.argsort(-counts, kind="stable")
+            if counts[i] > 0
+        ]
+        mask: dict[str, Any] = {"format": params.format}
+        if params.format == "png":
+            buf = io.BytesIO()
+            Image.fromarray(item_output, mode="L").save(buf, format="PNG", optimize=False)
+            mask["data"] = base64.b64encode(buf.getvalue()).decode()
+        else:
+            mask.update(run_lengths(item_output))
+        return {"width": width, "height": height, "mask": mask, "classes": classes}

@@ -1,0 +1,1 @@
+"""The Redis job protocol: key names (``keys``) and the Lua scripts (``scripts``)."""

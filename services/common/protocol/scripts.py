@@ -1,0 +1,200 @@
+"""The Lua scripts of the job protocol, each behind one typed function.
+
+Scripts live as ``lua/*.lua`` files; the ones that end jobs are prefixed with
+``lua/finish_fn.lua``, the one place that says what ending a job means. Every key a script
+touches is passed in KEYS (see keys.py), so a Redis Cluster with hash tags could run them.
+Each call goes through ``register_script`` (EVALSHA, falling back to EVAL once per server).
+
+The scripts a full Redis must still run (``maxmemory`` reached, ``noeviction``) start with
+``#!lua flags=allow-oom``: ending, claiming and cancelling jobs, the rate-limit bucket, the
+heartbeat and kombu's delivery bookkeeping each write a few bytes so that the backlog can
+drain, and each finished job frees its image. Submitting never has the flag: it is what
+must stop first when memory runs out (services/common/redis_memory.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from services.common.protocol.keys import (
+    DONE_CHANNEL,
+    QUEUED_INDEX,
+    RATE_LIMIT_PREFIX,
+    job_pairs,
+)
+
+_LUA = Path(__file__).with_name("lua")
+
+
+_ALLOW_OOM = "#!lua flags=allow-oom\n"  # must be the script's first line
+
+
+def _text(name: str, ends_jobs: bool, allow_oom: bool = False) -> str:
+    body = (_LUA / f"{name}.lua").read_text()
+    text = ((_LUA / "finish_fn.lua").read_text() + body) if ends_jobs else body
+    return _ALLOW_OOM + text if allow_oom else text
+
+
+SUBMIT_LUA = _text("submit", ends_jobs=False)
+CLAIM_LUA = _text("claim", ends_jobs=True, allow_oom=True)
+FINISH_LUA = _text("finish", ends_jobs=True, allow_oom=True)
+CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
+HEARTBEAT_LUA = _text("heartbeat", ends_jobs=False)  # the files carry their own flag
+KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)
+KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job to store: its id, the client's file name and the image bytes."""
+
+    job_id: str
+    filename: str
+    image: bytes
+
+
+async def submit_jobs(
+    client: aioredis.Redis,
+    *,
+    queue: str,
+    jobs: list[NewJob],
+    max_depth: int,
+    job_ttl_s: int,
+    model: str,
+    created: float,
+    params_json: str,
+    deadline: float | None,
+    lane: str,
+    max_bytes: int = 0,
+    idempotency: tuple[str, str] | None = None,
+) -> int | bytes:
+    """Store the jobs' records and images, or nothing: -1 when the queue is too deep, -2
+    when Redis's used memory plus the images would pass ``max_bytes`` (0: no such limit).
+
+    ``idempotency`` is (key, record): the record is stored under the key with the jobs; when
+    the key is already there, the stored record (bytes) comes back and nothing is written.
+    Raises ``redis.exceptions.OutOfMemoryError`` when Redis itself refuses the write.
+    """
+    keys = [queue, QUEUED_INDEX, *job_pairs([j.job_id for j in jobs])]
+    args: list[Any] = [max_depth, job_ttl_s, model, created, params_json]
+    args += ["" if deadline is None else deadline, lane]
+    args += [idempotency[1] if idempotency else "", max_bytes]
+    for job in jobs:
+        args += [job.job_id, job.filename, job.image]
+    if idempotency is not None:
+        keys.append(idempotency[0])
+    reply = await client.register_script(SUBMIT_LUA)(keys=keys, args=args)
+    return reply if isinstance(reply, bytes) else int(reply)
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    """What the claim script said about one job."""
+
+    verdict: str  # run | skip | expired | worker_lost | suspect
+    deliveries: int
+    created: float | None
+    params: str  # the handler's params as JSON ('' for the defaults)
+    image: bytes
+
+
+def claim_jobs(
+    client: redis.Redis,
+    job_ids: list[str],
+    *,
+    now: float,
+    max_deliveries: int,
+    result_ttl_s: int,
+    worker: str,
+    solo: bool,
+) -> list[ClaimReply]:
+    """Mark the jobs running (or end them: expired, poison, image gone) and fetch images."""
+    keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs(job_ids)]
+    args: list[Any] = [now, max_deliveries, result_ttl_s, worker, "solo" if solo else "batch"]
+    raw = client.register_script(CLAIM_LUA)(keys=keys, args=[*args, *job_ids])
+    return [
+        ClaimReply(
+            verdict=verdict.decode(),
+            deliveries=int(deliveries),
+            created=float(created) if created else None,
+            params=params.decode() if params else "",
+            image=image or b"",
+        )
+        for verdict, deliveries, created, params, image in raw
+    ]
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """The end of one job as the worker stores it."""
+
+    job_id: str
+    status: str  # succeeded | failed
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    timings: dict[str, Any] | None = None
+
+
+def _json(value: dict[str, Any] | None) -> str:
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def finish_jobs(client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int) -> None:
+    """Store every outcome, drop the images, wake the waiters: one call per batch."""
+    if not ends:
+        return
+    keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs([e.job_id for e in ends])]
+    args: list[Any] = [now, result_ttl_s]
+    for end in ends:
+        args += [end.job_id, end.status, _json(end.result), _json(end.error), _json(end.timings)]
+    client.register_script(FINISH_LUA)(keys=keys, args=args)
+
+
+async def cancel_jobs(
+    client: aioredis.Redis, job_ids: list[str], *, result_ttl_s: int
+) -> list[int]:
+    """Cancel jobs not yet started: per job 1 (cancelled now), 0 (started/ended), -1 (unknown)."""
+    if not job_ids:
+        return []
+    keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs(job_ids)]
+    raw = await client.register_script(CANCEL_LUA)(keys=keys, args=[result_ttl_s, *job_ids])
+    return [int(x) for x in raw]
+
+
+# allow-oom: one small key per API key; reading results and cancelling must keep working
+# (and drain the backlog) while Redis is at its maxmemory.
+RATE_LIMIT_LUA = _text("rate_limit", ends_jobs=False, allow_oom=True)
+
+
+async def take_token(
+    client: aioredis.Redis, bucket: str, *, interval_ms: float, tolerance_ms: float
+) -> tuple[bool, int]:
+    """Take one request from a rate-limit bucket: (allowed, ms to wait when not)."""
+    allowed, wait_ms = await client.register_script(RATE_LIMIT_LUA)(
+        keys=[RATE_LIMIT_PREFIX + bucket], args=[interval_ms, tolerance_ms]
+    )
+    return bool(int(allowed)), int(wait_ms)
+
+
+def beat(client: redis.Redis, key: str, info_json: str, *, ttl_ms: int) -> None:
+    """Write a worker's heartbeat, even while Redis is full (allow-oom)."""
+    client.register_script(HEARTBEAT_LUA)(keys=[key], args=[info_json, ttl_ms])
+
+
+def kombu_append(
+    client: redis.Redis, keys: list[str], *, delivery_time: float, tag: str, message_json: str
+) -> None:
+    """kombu's unacked record of a delivered message (``keys``: index zset, hash, and
+    optionally a set of the tags one worker holds), even while Redis is full."""
+    client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=[delivery_time, tag, message_json])
+
+
+def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:
+    """kombu's queue binding (both binding sets), even while Redis is full."""
+    client.register_script(KOMBU_BIND_LUA)(keys=[table, permanent], args=[member])

@@ -1,0 +1,191 @@
+"""The worker core against a real redis-server: submit, claim, finish, cancel, sweep.
+
+Each Lua script of services/common/protocol is called through its typed wrapper, on a
+throwaway redis-server on a free loopback port (never the one on 6379).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from services.common.jobs import JobRecord, Status
+from services.common.protocol.keys import (
+    DONE_CHANNEL,
+    QUEUED_INDEX,
+    image_key,
+    job_key,
+    queue_name,
+)
+from services.common.protocol.scripts import NewJob, cancel_jobs, submit_jobs
+from services.common.redis_server import RedisServer
+from services.gpu_worker.store import JobStore, Outcome
+
+MODEL = "m"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer(port=0).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(server.url)
+    c.flushall()
+    yield c
+    c.close()
+
+
+def _submit(url: str, ids: list[str], *, max_depth: int = 100, deadline: float | None = None,
+            params: str = '{"top_k":3}') -> int:  # fmt: skip
+    async def go() -> int:
+        async with aioredis.Redis.from_url(url) as c:
+            return await submit_jobs(
+                c,
+                queue=queue_name(MODEL),
+                jobs=[NewJob(i, f"{i}.jpg", b"img-" + i.encode()) for i in ids],
+                max_depth=max_depth,
+                job_ttl_s=600,
+                model=MODEL,
+                created=time.time(),
+                params_json=params,
+                deadline=deadline,
+                lane="interactive",
+            )
+
+    return asyncio.run(go())
+
+
+def _store(client: redis.Redis, max_deliveries: int = 3) -> JobStore:
+    return JobStore(client, result_ttl_s=60, max_deliveries=max_deliveries)
+
+
+def test_submit_stores_records_images_and_the_index(server: RedisServer, client: redis.Redis):
+    assert _submit(server.url, ["a", "b"]) == 0
+    record = client.hgetall(job_key("a"))
+    assert record[b"status"] == b"queued" and record[b"params"] == b'{"top_k":3}'
+    assert b"top_k" not in record  # params are opaque JSON to the scripts
+    assert client.get(image_key("b")) == b"img-b"
+    assert client.zcard(QUEUED_INDEX) == 2
+
+
+def test_submit_refuses_over_the_depth_and_writes_nothing(server: RedisServer, client):
+    client.rpush(queue_name(MODEL), "x", "y")
+    assert _submit(server.url, ["a"], max_depth=2) == -1
+    assert not client.exists(job_key("a"), image_key("a"))
+
+
+def test_claim_runs_counts_and_hands_back_params(server: RedisServer, client: redis.Redis):
+    _submit(server.url, ["a", "b"])
+    claims = _store(client).claim(["a", "b"], "w1")
+    assert [c.verdict for c in claims] == ["run", "run"]
+    assert claims[0].image == b"img-a" and claims[0].params == '{"top_k":3}'
+    assert claims[0].deliveries == 1
+    assert client.hget(job_key("a"), "status") == b"running"
+    assert client.zcard(QUEUED_INDEX) == 0
+
+
+def test_redelivered_job_is_suspect_then_claimed_alone(server: RedisServer, client):
+    _submit(server.url, ["a"])
+    store = _store(client)
+    store.claim(["a"], "w1")
+    (again,) = store.claim(["a"], "w2")
+    assert again.verdict == "suspect" and again.deliveries == 1
+    (solo,) = store.claim(["a"], "w2", solo=True)
+    assert solo.verdict == "run" and solo.deliveries == 2
+
+
+def test_poison_job_ends_worker_lost(server: RedisServer, client: redis.Redis):
+    _submit(server.url, ["a"])
+    store = _store(client, max_deliveries=1)
+    store.claim(["a"], "w1")
+    (last,) = store.claim(["a"], "w2", solo=True)
+    assert last.verdict == "worker_lost"
+    record = JobRecord.from_hash("a", client.hgetall(job_key("a")))
+    assert record.status == "failed" and record.error and record.error["code"] == "worker_lost"
+    assert not client.exists(image_key("a"))
+
+
+def test_expired_deadline_and_missing_image(server: RedisServer, client: redis.Redis):
+    _submit(server.url, ["late"], deadline=time.time() - 1)
+    _submit(server.url, ["gone"])
+    client.delete(image_key("gone"))
+    late, gone = _store(client).claim(["late", "gone"], "w1")
+    assert late.verdict == "expired"
+    assert client.hget(job_key("late"), "status") == b"expired"
+    assert gone.verdict == "skip"
+    assert json.loads(client.hget(job_key("gone"), "error") or b"{}")["code"] == "image_missing"
+
+
+def test_finish_stores_once_drops_images_and_publishes(server: RedisServer, client):
+    _submit(server.url, ["a", "b"])
+    store = _store(client)
+    store.claim(["a", "b"], "w1")
+    pubsub = client.pubsub()
+    pubsub.subscribe(DONE_CHANNEL)
+    pubsub.get_message(timeout=1)
+    store.finish(
+        [
+            Outcome("a", Status.SUCCEEDED, result={"x": 1}, timings={"batch_size": 2}),
+            Outcome("b", Status.FAILED, error={"code": "invalid_image", "message": "bad"}),
+        ]
+    )
+    a = JobRecord.from_hash("a", client.hgetall(job_key("a")))
+    b = JobRecord.from_hash("b", client.hgetall(job_key("b")))
+    assert (a.status, a.result, a.timings) == ("succeeded", {"x": 1}, {"batch_size": 2})
+    assert b.status == "failed" and b.error == {"code": "invalid_image", "message": "bad"}
+    assert b.result is None
+    assert client.hget(job_key("a"), "stores") == b"1"
+    assert not client.exists(image_key("a"), image_key("b"))
+    assert 0 < client.ttl(job_key("a")) <= 60
+    published = set()
+    deadline = time.monotonic() + 5
+    while len(published) < 2 and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=1)
+        if msg and msg["type"] == "message":
+            published.add(msg["data"])
+    assert published == {b"a", b"b"}
+    # Claiming an ended job again (a redelivery after the result) just skips it.
+    (again,) = store.claim(["a"], "w2")
+    assert again.verdict == "skip"
+
+
+def test_cancel_only_queued_jobs(server: RedisServer, client: redis.Redis):
+    _submit(server.url, ["q", "r"])
+    _store(client).claim(["r"], "w1")
+
+    async def go() -> list[int]:
+        async with aioredis.Redis.from_url(server.url) as c:
+            return await cancel_jobs(c, ["q", "r", "nope"], result_ttl_s=60)
+
+    assert asyncio.run(go()) == [1, 0, -1]
+    assert client.hget(job_key("q"), "status") == b"cancelled"
+    assert not client.exists(image_key("q"))
+    assert client.zscore(QUEUED_INDEX, "q") is None
+
+
+def test_sweeper_republishes_a_lost_message(server: RedisServer, client: redis.Redis):
+    from services.common.celery_app import make_celery
+    from services.common.settings import WorkerSettings
+    from services.gpu_worker.sweeper import LostMessageSweeper
+
+    _submit(server.url, ["lost"])
+    # Backdate the index as if the job waited past the grace period, its message gone.
+    client.zadd(QUEUED_INDEX, {"lost": time.time() - 100})
+    app = make_celery(WorkerSettings(redis_url=server.url))
+    sweeper = LostMessageSweeper(client, app, grace_s=10, interval_s=1, owner="t")
+    assert sweeper.sweep() == ["lost"]
+    messages = client.lrange(queue_name(MODEL), 0, -1)
+    assert len(messages) == 1 and b"lost" in messages[0]
+    assert client.zscore(QUEUED_INDEX, "lost") is not None  # still waiting for a claim

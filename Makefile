@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: install
-	$(BIN)/visionq up
+	$(BIN)/visionq up $(ARGS)
 
 lint: install
 	$(BIN)/ruff check services models tests examples

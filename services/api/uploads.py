@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -56,13 +56,41 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A file part refused by its content alone: its position, name and the error."""
+
+    index: int
+    filename: str
+    error: VisionqError
+
+    def to_api(self) -> dict[str, Any]:
+        """``{"filename", "error": {"code", "message"}}``: the per-file entry of an answer."""
+        return {
+            "filename": self.filename,
+            "error": {"code": self.error.code, "message": self.error.message},
+        }
+
+
+@dataclass(frozen=True)
 class SubmitForm:
-    """The checked form of POST /v1/predict and /v1/jobs."""
+    """The checked form of POST /v1/predict and /v1/jobs.
+
+    ``files`` are the accepted images; ``refused`` the parts refused for their own content
+    (invalid, unsupported, too many pixels). Both keep upload order; ``order()`` merges them.
+    """
 
     model: str
     params: dict[str, Any]  # the handler's Params, validated, JSON-ready
     timeout: float | None
     files: list[Upload]
+    refused: list[Refusal] = field(default_factory=list)
+
+    def order(self) -> list[Upload | Refusal]:
+        """Accepted and refused parts merged back into upload order."""
+        refused = {r.index: r for r in self.refused}
+        accepted = iter(self.files)
+        total = len(self.files) + len(self.refused)
+        return [refused[i] if i in refused else next(accepted) for i in range(total)]
 
     @property
     def params_json(self) -> str:
@@ -184,6 +212,7 @@ async def _check(
     if not parts:
         raise RequestInvalid("no 'file' part: upload at least one image")
     uploads: list[Upload] = []
+    refused: list[Refusal] = []
     for index, part in enumerate(parts):
         if not isinstance(part, UploadFile):
             raise RequestInvalid("'file' must be a file part, not a text field")
@@ -194,10 +223,18 @@ async def _check(
                 data, max_pixels=settings.max_image_pixels, formats=settings.accepted_formats
             )
         except VisionqError as exc:
+            # One bad file never fails the good ones sent with it: it gets its own entry.
             exc.message = f"{name}: {exc.message}"
             exc.details["filename"] = name
-            raise
+            refused.append(Refusal(index, name, exc))
+            continue
         uploads.append(Upload(name, data, info.format))
+    if not uploads:
+        # Nothing to run: the request fails with the first file's own status and code.
+        first = refused[0].error
+        if len(refused) > 1:
+            first.details["refused"] = [r.to_api() for r in refused]
+        raise first
     if model not in settings.models or model not in registry:
         raise ModelNotFound(
             f"model {model!r} is not served; available: {', '.join(settings.models)}"
@@ -208,7 +245,7 @@ async def _check(
         if value is not None:  # a blank field means the default
             raw[key] = value
     params = validate_params(registry[model], raw)
-    return SubmitForm(model=model, params=params, timeout=timeout, files=uploads)
+    return SubmitForm(model=model, params=params, timeout=timeout, files=uploads, refused=refused)
 
 
 def _text(form: FormData, name: str) -> str | None:

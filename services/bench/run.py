@@ -25,19 +25,31 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+RESULTS = Path("results")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``visionq bench``."""
-    p.add_argument("--model", default="mobilenet_v3_small")
+    p.add_argument("--model", default="mobilenet_v3_small", help="model to measure")
     p.add_argument("--images", type=Path, default=None, help="a folder (default: generated)")
     p.add_argument("--count", type=int, default=64, help="how many images to use")
-    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 32])
+    p.add_argument(
+        "--concurrency", type=_ints, default=[1, 4, 16, 32], help="client counts, e.g. 1,4,16,32"
+    )
     p.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up per point")
-    p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 8, 16, 32])
+    p.add_argument(
+        "--batch-sizes", type=_ints, default=[1, 4, 8, 16, 32], help="raw-limit batch sizes"
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="the served stack's batch")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", type=Path, default=Path("bench-results.json"))
-    p.add_argument("--chart", type=Path, default=Path("bench-results.png"))
+    # results/ is in .gitignore: a run never leaves files for `git add -A` to pick up.
+    p.add_argument(
+        "--out", type=Path, default=RESULTS / "bench.json", help="JSON file (default %(default)s)"
+    )
+    p.add_argument(
+        "--chart", type=Path, default=RESULTS / "bench.png", help="PNG chart (default %(default)s)"
+    )
     p.add_argument("--no-unbatched", action="store_true", help="skip the unbatched stack")
     p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")
     p.add_argument(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.common.errors import ConfigError
 
@@ -59,25 +60,41 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Run the API server in this process (or in ``--workers`` uvicorn processes)."""
     import uvicorn
 
+    from services.common.ports import PortUse, bind_listener, check_ports
     from services.common.settings import get_api_settings
 
     settings = get_api_settings()  # fail here, with exit 2, rather than inside uvicorn
+    api = PortUse(args.host, args.port, "API", "--port")
+    uses = [api]
+    if settings.metrics_address is not None:
+        host, port = settings.metrics_address
+        uses.append(PortUse(host, port, "API metrics", "VISIONQ_METRICS_BIND"))
+    check_ports(uses)
     _refuse_evicting_redis(settings)
     _fresh_multiproc_dir(args.workers)
-    uvicorn.run(
-        "services.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
+    app = "services.api.app:create_app"
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level.lower(),
         # uvicorn's own config would give its loggers their own text handlers; without it
         # they reach the root handler that services.common.logs set up (text or JSON).
-        log_config=None,
+        "log_config": None,
         # One INFO line per request buries what matters; DEBUG brings them back.
-        access_log=settings.log_level == "DEBUG",
-    )
-    return 0
+        "access_log": settings.log_level == "DEBUG",
+    }
+    if args.workers > 1:
+        # uvicorn binds the port in this process, before any app starts, and exits on failure.
+        uvicorn.run(app, workers=args.workers, **options)
+        return 0
+    # One process: bind before uvicorn starts the app. A bind failure inside uvicorn comes
+    # after the lifespan started, and its shutdown can hang with Redis connected.
+    sock = bind_listener(api)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0 if server.started else 3  # 3: uvicorn's own code for a failed start-up
 
 
 def _refuse_evicting_redis(settings: ApiSettings) -> None:
@@ -177,9 +194,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         api_key=args.api_key,
         retries=args.retries,
+        retry_failed=args.retry_failed,
         params=dict(args.param or []),
     )
-    return run_command(args.paths, opts, args.out, args.resume, sys.stdout)
+    return run_command(args.paths, opts, args.out, args.resume, sys.stdout, args.argv)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -205,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "Redis (embedded unless VISIONQ_REDIS_URL is set), API and workers")
-    p.add_argument("--host", default="127.0.0.1", help="API bind address")
-    p.add_argument("--port", type=_port, default=8000, help="API port")
+    p.add_argument("--host", default="127.0.0.1", help="API bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=8000, help="API port (default 8000; make up ARGS='--port N')"
+    )
     p.add_argument("--redis-port", type=_port, default=0, help="embedded Redis port; 0 = free")
     p.add_argument(
         "--redis-dir",
@@ -222,16 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("api", cmd_api, "the API server only")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--workers", type=_positive_int, default=1,
-                   help="uvicorn processes (they share metrics files)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="uvicorn processes (they share metrics files)",
+    )
 
     p = add("worker", cmd_worker, "one worker pinned to one device")
-    p.add_argument("--device", type=_device, default=None,
-                   help="cpu, cuda:N, cuda or auto (default VISIONQ_DEVICE)")  # fmt: skip
-    p.add_argument("--models", type=_models, default=None,
-                   help="comma list of models (default VISIONQ_MODELS)")  # fmt: skip
+    p.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda:N, cuda or auto (default VISIONQ_DEVICE)",
+    )
+    p.add_argument(
+        "--models", type=_models, default=None, help="comma list of models (default VISIONQ_MODELS)"
+    )
     p.add_argument("--index", type=int, default=None, help="worker index (metrics port offset)")
 
     p = add("workers", cmd_workers, "one worker process per GPU")
@@ -239,16 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("compose", cmd_compose, "write docker-compose.gpu.yml for N GPUs")
     p.add_argument("--gpus", type=_positive_int, required=True, help="GPUs on the host")
-    p.add_argument("--out", type=Path, default=Path("docker-compose.gpu.yml"))
-    p.add_argument("--no-targets", action="store_true",
-                   help="do not rewrite deploy/prometheus/targets/workers.yml")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docker-compose.gpu.yml"),
+        help="where to write the compose file (default docker-compose.gpu.yml)",
+    )
+    p.add_argument(
+        "--no-targets",
+        action="store_true",
+        help="do not rewrite deploy/prometheus/targets/workers.yml",
+    )
 
     p = add(
         "predict", cmd_predict, "run a model on files, folders (recursive) or globs via the API"
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
-    p.add_argument("--model", default=None, help="default: the server's default model")
-    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=None,
+        help="labels per image, classifiers (default: the server's, 5)",
+    )
     p.add_argument(
         "--param",
         action="append",
@@ -256,21 +298,51 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a model parameter (GET /v1/models lists them), e.g. score_threshold=0.3",
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="the API's address (default http://127.0.0.1:8000)",
+    )
     p.add_argument(
         "--out",
         default=None,
-        help="results.jsonl or .csv, written as results arrive (default stdout)",
+        help="results.jsonl or .csv, one row per file, written as results arrive "
+        "(default: JSON lines on stdout)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="skip files already done in --out; append the rest"
+        "--resume",
+        action="store_true",
+        help="continue a run: skip files done in --out (a result, or a failure of the file "
+        "itself); send the rest, including transient failures (timeouts, 429/503)",
     )
-    p.add_argument("--timeout", type=float, default=None, help="seconds the server may wait")
-    p.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
     p.add_argument(
-        "--retries", type=_non_negative_int, default=3, help="retries on 429/503 per file"
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: send files that failed permanently again too",
     )
-    p.add_argument("--api-key", default=None, help="sent as Authorization: Bearer <key>")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds the server may wait for each result (default: its own, 30)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        help="requests in flight at once (default 4)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=3,
+        help="retries per file on 429/503 and refused connections (default 3)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="sent as Authorization: Bearer <key> (when VISIONQ_API_KEYS is set)",
+    )
 
     add("models", cmd_models, "registered models and where their weights come from")
     p = add("bench", cmd_bench, "raw limit vs served vs unbatched: table, JSON, chart")
@@ -297,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as given, for commands that print how to run themselves again.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _configure_logging()
     try:
         code: int = args.func(args)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import glob
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,23 +28,36 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from services.cli.predict_output import CSV_TASKS, Sink, done_paths, is_csv, open_sink
-from services.client import ApiError, AsyncClient, Client, ClientError, RetryPolicy
+from services.cli.predict_output import CSV_TASKS, Sink, is_csv, open_sink, prepare_resume
+from services.cli.predict_summary import Summary, resume_command
+from services.client import (
+    IMAGE_SUFFIXES,
+    ApiError,
+    AsyncClient,
+    Client,
+    ClientError,
+    RetryPolicy,
+)
 from services.common.errors import ConfigError
 
-# Every format the server may accept; the server decides (415 for one it does not).
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
-)
 _GLOB_CHARS = frozenset("*?[")
 
 Record = dict[str, Any]
 
 
-def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as named, images under folders (recursive) and glob matches; no repeats."""
+def collect_images(
+    paths: Iterable[str | Path], on_skip: Callable[[Path], None] | None = None
+) -> list[Path]:
+    """Files as named, images under folders (recursive) and glob matches; no repeats.
+
+    ``on_skip`` is called with each file a folder or pattern held that is not an image.
+    """
     found: list[Path] = []
     seen: set[Path] = set()
+
+    def skip(path: Path) -> None:
+        if on_skip is not None:
+            on_skip(path)
 
     def add(path: Path) -> None:
         key = path.resolve()
@@ -57,6 +69,8 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
         for item in sorted(folder.rglob("*")):
             if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES:
                 add(item)
+            elif item.is_file():
+                skip(item)
 
     for raw in paths:
         text = str(raw)
@@ -70,6 +84,8 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
                     add_tree(match)
                 elif match.suffix.lower() in IMAGE_SUFFIXES:
                     add(match)
+                else:
+                    skip(match)
             continue
         path = Path(text)
         if path.is_dir():
@@ -93,35 +109,8 @@ class PredictOptions:
     concurrency: int = 4
     api_key: str | None = None
     retries: int = 3
+    retry_failed: bool = False
     params: dict[str, str] = field(default_factory=dict)  # the model's own options
-
-
-@dataclass
-class Summary:
-    """What a run did."""
-
-    total: int
-    skipped: int = 0
-    succeeded: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    elapsed_s: float = 0.0
-
-    @property
-    def failed(self) -> int:
-        """How many files got an error."""
-        return sum(self.failures.values())
-
-    def line(self) -> str:
-        """One human line: done, failed by reason, skipped, time."""
-        text = f"predict: {self.succeeded} done, {self.failed} failed"
-        if self.failures:
-            reasons = ", ".join(f"{code} {n}" for code, n in self.failures.most_common())
-            text += f" ({reasons})"
-        if self.skipped:
-            text += f", {self.skipped} skipped (already done, --resume)"
-        sent = self.succeeded + self.failed
-        rate = sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return text + f"; {self.elapsed_s:.1f} s, {rate:.1f} images/s"
 
 
 def _error(path: Path, code: str, message: str) -> Record:
@@ -145,7 +134,10 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
     except ApiError as exc:
         return _error(path, exc.code, exc.message)
     except ClientError as exc:
-        return _error(path, "connection_error", str(exc))
+        # Refused connections (after the retries) mean the API is gone; other transport
+        # errors (a read timeout, a reset) concern this request only.
+        gone = isinstance(exc.__cause__, httpx.ConnectError)
+        return _error(path, "connection_error" if gone else "transport_error", str(exc))
     if not result.predictions:
         return _error(path, "bad_response", "the server's answer has no predictions")
     pred = result.predictions[0]
@@ -163,7 +155,13 @@ async def predict_one(client: AsyncClient, path: Path, opts: PredictOptions) -> 
             {"label": t.label, "index": t.index, "score": t.score} for t in pred.top_k
         ]
     record["timings"] = pred.timings
+    if pred.random_weights:
+        record["random_weights"] = True
     return record
+
+
+class Unreachable(Exception):
+    """The API stopped answering: the run stops instead of failing every file slowly."""
 
 
 def check_csv_task(opts: PredictOptions) -> None:
@@ -194,20 +192,35 @@ async def _run(
         max_connections=opts.concurrency,
     )
     pending = iter(files)
+    lost: list[str] = []
 
     async def worker() -> None:
         # Workers share one iterator, so at most ``concurrency`` files are read and in flight.
         for path in pending:
-            on_record(await predict_one(client, path, opts))
+            if lost:
+                return
+            record = await predict_one(client, path, opts)
+            error = record.get("error") or {}
+            if error.get("code") == "connection_error":
+                # Retries are spent: the API is gone. Leave the rest for --resume.
+                lost.append(str(error.get("message", "")))
+                return
+            on_record(record)
 
     async with client:
         await asyncio.gather(*(worker() for _ in range(min(opts.concurrency, len(files)))))
+    if lost:
+        raise Unreachable(lost[0])
 
 
 class _Rate(ProgressColumn):
+    # Answered files over the time since the start, the figure the summary prints too
+    # (rich's own speed is a recent-window estimate, so the two used to disagree).
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- images/s" if speed is None else f"{speed:.1f} images/s")
+        elapsed = task.elapsed
+        if not elapsed or not task.completed:
+            return Text("-- images/s")
+        return Text(f"{task.completed / elapsed:.1f} images/s")
 
 
 def _progress(stream: TextIO) -> Progress:
@@ -224,35 +237,63 @@ def _progress(stream: TextIO) -> Progress:
 
 
 def predict_files(
-    files: list[Path], opts: PredictOptions, sink: Sink, progress: TextIO = sys.stderr
+    files: list[Path],
+    opts: PredictOptions,
+    sink: Sink,
+    progress: TextIO = sys.stderr,
+    summary: Summary | None = None,
 ) -> Summary:
-    """Predict every file, ``opts.concurrency`` at a time, writing each record as it arrives."""
-    summary = Summary(total=len(files))
-    start = time.monotonic()
+    """Predict every file, ``opts.concurrency`` at a time, writing each record as it arrives.
+
+    ``summary`` (a new one when None) is updated as answers come, so a caller that sees
+    KeyboardInterrupt or Unreachable still has the counts so far.
+    """
+    summary = summary or Summary(total=len(files))
     with _progress(progress) as bar:
         task = bar.add_task("predict", total=len(files))
 
         def on_record(record: Record) -> None:
             sink.write(record)
-            error = record.get("error")
-            if error:
-                summary.failures[str(error.get("code", "error"))] += 1
-            else:
-                summary.succeeded += 1
+            summary.add(str(record.get("path", "")), record.get("error"))
             bar.update(task, advance=1, description=f"predict ({summary.failed} failed)")
+            summary.elapsed_s = bar.tasks[0].elapsed or 0.0
 
         try:
             asyncio.run(_run(files, opts, on_record))
         finally:
-            summary.elapsed_s = time.monotonic() - start
+            bar.stop_task(task)  # freezes the clock: the bar's last rate is the summary's
+            summary.elapsed_s = bar.tasks[0].elapsed or summary.elapsed_s
+            summary.not_sent = len(files) - summary.succeeded - summary.failed
     return summary
 
 
+def check_reachable(url: str, api_key: str | None) -> None:
+    """ConfigError naming the URL and the reason when nothing answers there (one try)."""
+    try:
+        # Any HTTP answer will do: this only asks whether something listens there.
+        httpx.get(url.rstrip("/") + "/healthz", timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            f"cannot reach the API at {url}: {type(exc).__name__}: {exc or 'no answer'}; "
+            "is `visionq up` running? (--url picks another address)"
+        ) from exc
+
+
 def run_command(
-    paths: list[str], opts: PredictOptions, out: str | None, resume: bool, stream: TextIO
+    paths: list[str],
+    opts: PredictOptions,
+    out: str | None,
+    resume: bool,
+    stream: TextIO,
+    argv: Sequence[str] = (),
 ) -> int:
-    """The whole command: collect, skip what is done, predict, summarise; the exit code."""
-    files = collect_images(paths)
+    """The whole command: collect, skip what is done, predict, summarise; the exit code.
+
+    0 when every file has a result, 1 when some failed or were not sent, 130 on Ctrl-C
+    (after the summary so far and the command that resumes).
+    """
+    non_images: list[Path] = []
+    files = collect_images(paths, non_images.append)
     if not files:
         looked = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ConfigError(f"no images found (looked for {looked} files)")
@@ -260,13 +301,33 @@ def run_command(
         raise ConfigError("--resume needs --out: it skips the files already done there")
     skipped = 0
     if resume and out is not None:
-        done = done_paths(Path(out))
+        done = prepare_resume(Path(out), opts.retry_failed)
         kept = [f for f in files if str(f.resolve()) not in done]
         skipped, files = len(files) - len(kept), kept
-    if out is not None and is_csv(Path(out)):
+    if files:
+        check_reachable(opts.url, opts.api_key)
+    if files and out is not None and is_csv(Path(out)):
         check_csv_task(opts)
+    summary = Summary(total=len(files), skipped=skipped, non_images=len(non_images))
+    code = 0
+    lost: str | None = None
     with open_sink(out, append=resume, stdout=stream) as sink:
-        summary = predict_files(files, opts, sink) if files else Summary(total=0)
-    summary.skipped = skipped
+        try:
+            if files:
+                predict_files(files, opts, sink, summary=summary)
+        except KeyboardInterrupt:
+            code = 130
+        except Unreachable as exc:
+            lost = str(exc)
     print(summary.line(), file=sys.stderr)
+    for line in summary.failed_lines(out):
+        print(line, file=sys.stderr)
+    if lost is not None:
+        print(f"the API at {opts.url} stopped answering: {lost}", file=sys.stderr)
+    if code == 130 or lost is not None:
+        if out is None:
+            print("interrupted; add --out FILE to be able to resume", file=sys.stderr)
+        else:
+            print(f"interrupted; to continue: {resume_command(argv)}", file=sys.stderr)
+        return code or 1
     return 1 if summary.failed else 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ CSV_COLUMNS = [
     "label",
     "score",
     "top_k",
+    "random_weights",
     "error_code",
     "error_message",
     "queued_ms",
@@ -96,6 +99,7 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
         "label": top[0]["label"] if top else "",
         "score": f"{top[0]['score']:.6f}" if top else "",
         "top_k": ";".join(f"{t['label']}={t['score']:.6f}" for t in top),
+        "random_weights": "true" if record.get("random_weights") else ("" if error else "false"),
         "error_code": error.get("code", ""),
         "error_message": error.get("message", ""),
         **{k: timings.get(k, "") for k in ("queued_ms", "batch_size", "inference_ms", "total_ms")},
@@ -107,26 +111,80 @@ def is_csv(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
 
-def done_paths(path: Path) -> set[str]:
-    """Absolute paths that already have a successful record in ``path`` (for --resume)."""
-    if not path.exists():
-        return set()
-    done: set[str] = set()
+# Errors that come from the file itself: sending it again gives the same answer. Anything
+# else (timeouts, 429/503, connection errors, an expired or lost job) is worth another try.
+PERMANENT_ERRORS = frozenset({"invalid_image", "unsupported_media_type", "payload_too_large"})
+
+
+def _record_state(status: str, code: str) -> str:
+    if status == "ok":
+        return "ok"
+    return "permanent" if code in PERMANENT_ERRORS else "transient"
+
+
+def _read_rows(path: Path) -> list[tuple[str, str, str, str]]:
+    """(absolute path, job id, state, the row as written) per complete row, in file order."""
+    rows: list[tuple[str, str, str, str]] = []
     with path.open(encoding="utf-8", newline="") as stream:
         if is_csv(path):
             for row in csv.DictReader(stream):
                 # A row cut short by an interrupted run has no status: send that file again.
-                if row.get("status") == "ok" and row.get("path"):
-                    done.add(str(Path(row["path"]).resolve()))
-            return done
+                if row.get("status") not in ("ok", "failed") or not row.get("path"):
+                    continue
+                state = _record_state(row["status"], row.get("error_code") or "")
+                key = str(Path(row["path"]).resolve())
+                rows.append((key, row.get("job_id") or "", state, _csv_line(row)))
+            return rows
         for line in stream:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by an interrupted run
-            if isinstance(record, dict) and "error" not in record and record.get("path"):
-                done.add(str(Path(record["path"]).resolve()))
-    return done
+            if not isinstance(record, dict) or not record.get("path"):
+                continue
+            error = record.get("error")
+            code = str(error.get("code", "")) if isinstance(error, dict) else ""
+            state = _record_state("failed" if error else "ok", code)
+            key = str(Path(record["path"]).resolve())
+            rows.append((key, str(record.get("job_id", "")), state, line.rstrip("\n") + "\n"))
+    return rows
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+    return buf.getvalue()
+
+
+def prepare_resume(path: Path, retry_failed: bool) -> set[str]:
+    """Absolute paths that are done in ``path``; the file keeps one row for each, no other.
+
+    Done means a result, or a permanent failure (the file itself is bad) unless
+    ``retry_failed``. Rows of files to send again are dropped (and duplicates: the last
+    answer wins), so the appended answers leave exactly one answer per file (one row, or a
+    detector's one row per box).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    # path -> (job id, state, rows): the latest answer for each file. A detector's answer
+    # is several CSV rows (one per box) with one job id; they stay together.
+    latest: dict[str, tuple[str, str, list[str]]] = {}
+    for key, job_id, state, line in _read_rows(path):
+        previous = latest.get(key)
+        if previous is not None and job_id and previous[0] == job_id:
+            previous[2].append(line)
+        else:
+            latest[key] = (job_id, state, [line])
+    done = {k: lines for k, (_, state, lines) in latest.items()
+            if state == "ok" or (state == "permanent" and not retry_failed)}  # fmt: skip
+    tmp = path.with_name(path.name + ".resume-tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as stream:
+        if is_csv(path):
+            csv.DictWriter(stream, CSV_COLUMNS).writeheader()
+        for lines in done.values():
+            stream.writelines(lines)
+    os.replace(tmp, path)  # never a half-rewritten results file
+    return set(done)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ import httpx
 from services.cli.gpus import parse_gpu_arg, visible_gpus
 from services.cli.supervisor import ChildSpec, Supervisor, describe_returncode, worker_spec
 from services.common.errors import ConfigError
+from services.common.ports import PortUse, check_ports
 from services.common.redis_server import RedisServer, RedisServerError
-from services.common.settings import get_api_settings
+from services.common.settings import get_api_settings, get_worker_settings
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,25 @@ def _readyz_reason(client: httpx.Client, url: str) -> str | None:
     return f"/readyz answered {resp.status_code}: {detail}"
 
 
-def wait_ready(sup: Supervisor, url: str, timeout_s: float) -> str | None:
-    """Poll /readyz until 200; the reason it failed, or None when ready (or interrupted)."""
+def _answered_by_us(client: httpx.Client, url: str, run_token: str) -> bool | None:
+    """Whether /healthz at ``url`` echoes ``run_token``; None while nothing answers there."""
+    try:
+        resp = client.get(f"{url}/healthz")
+    except httpx.HTTPError:
+        return None
+    try:
+        body = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        body = None
+    return isinstance(body, dict) and body.get("run_token") == run_token
+
+
+def wait_ready(sup: Supervisor, url: str, timeout_s: float, run_token: str = "") -> str | None:
+    """Poll /readyz of OUR API until 200; the reason it failed, or None when ready.
+
+    ``run_token`` is what our API's /healthz must echo: a server that answers without it
+    (another visionq, anything else on the port) is not taken for ours.
+    """
     start = time.monotonic()
     last_report = start
     reason = "not asked yet"
@@ -83,6 +102,8 @@ def wait_ready(sup: Supervisor, url: str, timeout_s: float) -> str | None:
             if ended:
                 e = ended[0]
                 return f"{e.name} ended with {describe_returncode(e.returncode)} before ready"
+            if run_token and _answered_by_us(client, url, run_token) is False:
+                return f"{url} is answered by another server, not the API this run started"
             reason = _readyz_reason(client, url) or ""
             if not reason:
                 return None
@@ -94,6 +115,28 @@ def wait_ready(sup: Supervisor, url: str, timeout_s: float) -> str | None:
                 last_report = now
             sup.wait(0.5)
     return None
+
+
+def planned_ports(host: str, port: int, redis_port: int, workers: int) -> list[PortUse]:
+    """Every port ``visionq up`` will bind: API, its metrics address, Redis, worker metrics."""
+    uses = [PortUse(host, port, "API", "--port (make up ARGS='--port N')")]
+    api = get_api_settings()
+    if api.metrics_address is not None:
+        m_host, m_port = api.metrics_address
+        uses.append(PortUse(m_host, m_port, "API metrics", "VISIONQ_METRICS_BIND"))
+    uses.append(PortUse("127.0.0.1", redis_port, "embedded Redis", "--redis-port (0 = free)"))
+    worker = get_worker_settings()
+    if worker.metrics_port:
+        for index in range(workers):
+            uses.append(
+                PortUse(
+                    worker.metrics_host,
+                    worker.metrics_port + index,
+                    f"worker {index} metrics",
+                    "VISIONQ_METRICS_PORT (worker i uses it + i; 0 = off)",
+                )
+            )
+    return uses
 
 
 def _describe_workers(plan: list[str | None]) -> str:
@@ -113,12 +156,15 @@ def run_up(
     """Start Redis (unless VISIONQ_REDIS_URL is set), the API and the workers; supervise."""
     settings = get_api_settings()
     plan = plan_workers(visible_gpus(), workers)
+    embedded = "redis_url" not in settings.model_fields_set
+    check_ports(planned_ports(host, port, redis_port if embedded else 0, len(plan)))
+    run_token = secrets.token_hex(16)
     sup = Supervisor()
     sup.install_signal_handlers()
     redis_server: RedisServer | None = None
     failed = False
     try:
-        if "redis_url" in settings.model_fields_set:
+        if not embedded:
             redis_url = settings.redis_url
             redis_desc = f"{redis_url} (external)"
         else:
@@ -128,12 +174,13 @@ def run_up(
             redis_desc = f"{redis_url} (embedded, data in {redis_server.dir})"
         env = {"VISIONQ_REDIS_URL": redis_url}
         api_argv = [sys.executable, "-m", "services.cli.main", "api"]
-        sup.add(ChildSpec("api", [*api_argv, "--host", host, "--port", str(port)], env))
+        api_env = {**env, "VISIONQ_RUN_TOKEN": run_token}
+        sup.add(ChildSpec("api", [*api_argv, "--host", host, "--port", str(port)], api_env))
         for index, gpu in enumerate(plan):
             spec = worker_spec(index, gpu)
             sup.add(ChildSpec(spec.name, spec.argv, {**spec.env, **env}))
         url = _probe_url(host, port)
-        problem = wait_ready(sup, url, ready_timeout_s)
+        problem = wait_ready(sup, url, ready_timeout_s, run_token)
         if problem is not None:
             print(f"visionq up failed: {problem}; stopping everything", file=sys.stderr)
             return 1

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from services.client._shared import DEFAULT_URL, FileInput, RetryPolicy
+from services.client._shared import DEFAULT_URL, IMAGE_SUFFIXES, FileInput, RetryPolicy
 from services.client.aio import AsyncClient
 from services.client.errors import (
     ApiError,
@@ -21,6 +21,7 @@ from services.client.errors import (
 from services.client.sync import Client
 from services.client.types import (
     BatchStatus,
+    BatchUpload,
     Classification,
     Custom,
     Detection,
@@ -32,6 +33,7 @@ from services.client.types import (
     ModelInfo,
     Prediction,
     PredictResult,
+    Refusal,
     Result,
     Segmentation,
     SegmentClass,
@@ -40,10 +42,12 @@ from services.client.types import (
 
 __all__ = [
     "DEFAULT_URL",
+    "IMAGE_SUFFIXES",
     "ApiError",
     "ApiTimeout",
     "AsyncClient",
     "BatchStatus",
+    "BatchUpload",
     "Classification",
     "Client",
     "ClientError",
@@ -58,6 +62,7 @@ __all__ = [
     "ModelInfo",
     "PredictResult",
     "Prediction",
+    "Refusal",
     "Result",
     "RetryPolicy",
     "RetryableError",

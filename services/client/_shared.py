@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from services.client.errors import ApiError, ApiTimeout, RetryableError
+from services.client.types import Refusal
 
 # A path, or (filename, bytes) for data that is not in a file.
 FileInput = str | os.PathLike[str] | tuple[str, bytes]
@@ -33,6 +34,11 @@ def idempotency_headers() -> dict[str, str]:
     return {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
 
 
+# File name endings of every format the server may accept (compare lower-cased); the server
+# decides by content (415 for a format it does not accept).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -159,3 +165,21 @@ def chunks(
     if start < len(items):
         out.append(items[start:])
     return out
+
+
+def refusals(body: dict[str, Any]) -> list[Refusal]:
+    """The ``refused`` entries of a batch answer."""
+    raw = body.get("refused")
+    return [Refusal.from_json(r) for r in raw] if isinstance(raw, list) else []
+
+
+def chunk_refused(exc: ApiError) -> list[Refusal] | None:
+    """The refusals when ``exc`` says every file of the request was refused, else None.
+
+    The server answers such a request with the first file's error, naming it in
+    ``filename`` and listing every refusal in ``refused`` when there were several.
+    """
+    if "filename" not in exc.details:
+        return None  # not about the files' content: the request itself failed
+    listed = refusals(exc.details)
+    return listed or [Refusal(str(exc.details["filename"]), exc.code, exc.message)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,14 +18,25 @@ from services.client._shared import (
     FileInput,
     RetryPolicy,
     auth_headers,
+    chunk_refused,
     chunks,
     file_parts,
     form_fields,
     idempotency_headers,
     json_body,
+    refusals,
 )
-from services.client.errors import ApiError, TransportError
-from services.client.types import BatchStatus, Job, JobRef, ModelInfo, Prediction, PredictResult
+from services.client.errors import ApiError, ClientError, TransportError
+from services.client.types import (
+    BatchStatus,
+    BatchUpload,
+    Job,
+    JobRef,
+    ModelInfo,
+    Prediction,
+    PredictResult,
+    Refusal,
+)
 
 
 class Client:
@@ -122,7 +134,8 @@ class Client:
         top_k: int | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> list[JobRef]:
-        """Queue the files as interactive jobs; their ids to poll."""
+        """Queue the files as interactive jobs: a ref per file, in upload order (a refused
+        file has ``error`` instead of an id)."""
         resp = self._request(
             "POST",
             "/v1/jobs",
@@ -130,9 +143,7 @@ class Client:
             data=form_fields(model, top_k, params=params),
             headers=idempotency_headers(),
         )
-        return [
-            JobRef(j["job_id"], j["filename"], j["status_url"]) for j in json_body(resp)["jobs"]
-        ]
+        return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
     def job(self, job_id: str) -> Job:
         """A job's status, result or error, and timings."""
@@ -165,22 +176,63 @@ class Client:
         top_k: int | None = None,
         chunk_size: int = 32,
         params: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Upload many files as one low-priority batch, ``chunk_size`` per request; its id."""
+    ) -> BatchUpload:
+        """Upload many files as one low-priority batch, ``chunk_size`` per request.
+
+        Files the server refuses for their content (not an image, corrupt, too many pixels)
+        are listed in ``BatchUpload.refused``; the rest are queued under ``batch_id``. Any
+        other error cancels what this call had queued and is raised; ApiError (the first
+        refusal) when no file at all was accepted.
+        """
         if not files:
             raise ValueError("give at least one file")
-        first, *rest = chunks(files, chunk_size)
-        resp = self._request(
-            "POST",
-            "/v1/batches",
-            files=file_parts(first),
-            data=form_fields(model, top_k, params=params),
-            headers=idempotency_headers(),
-        )
-        batch_id = str(json_body(resp)["batch_id"])
-        for part in rest:
-            self._add(batch_id, part)
-        return batch_id
+        batch_id: str | None = None
+        added = 0
+        refused: list[Refusal] = []
+        for part in chunks(files, chunk_size):
+            try:
+                if batch_id is None:
+                    resp = self._request(
+                        "POST",
+                        "/v1/batches",
+                        files=file_parts(part),
+                        data=form_fields(model, top_k, params=params),
+                        headers=idempotency_headers(),
+                    )
+                    body = json_body(resp)
+                    batch_id = str(body["batch_id"])
+                else:
+                    body = self._add(batch_id, part)
+            except ApiError as exc:
+                whole_chunk = chunk_refused(exc)
+                if whole_chunk is not None:
+                    refused += whole_chunk
+                    continue
+                self._abandon(batch_id, exc)
+                raise
+            except BaseException as exc:
+                self._abandon(batch_id, exc)
+                raise
+            added += int(body.get("added", 0))
+            refused += refusals(body)
+        if batch_id is None:
+            first = refused[0]
+            raise ApiError(
+                400,
+                first.code,
+                f"every file was refused; first: {first.message}",
+                {"refused": refused},
+            )
+        return BatchUpload(batch_id, added, refused)
+
+    def _abandon(self, batch_id: str | None, exc: BaseException) -> None:
+        """Cancel a half-uploaded batch, so nothing the caller never got an id for runs."""
+        if batch_id is None:
+            return
+        with contextlib.suppress(ClientError):
+            self.cancel_batch(batch_id)
+        if isinstance(exc, ApiError):
+            exc.details["cancelled_batch_id"] = batch_id
 
     def add_to_batch(
         self, batch_id: str, files: Sequence[FileInput], chunk_size: int = 32
@@ -190,10 +242,11 @@ class Client:
             self._add(batch_id, part)
         return self.batch(batch_id)
 
-    def _add(self, batch_id: str, files: Sequence[FileInput]) -> None:
+    def _add(self, batch_id: str, files: Sequence[FileInput]) -> dict[str, Any]:
         path = f"/v1/batches/{batch_id}/files"
         headers = idempotency_headers()
-        json_body(self._request("POST", path, files=file_parts(files), headers=headers))
+        resp = self._request("POST", path, files=file_parts(files), headers=headers)
+        return json_body(resp)
 
     def batch(self, batch_id: str) -> BatchStatus:
         """A batch's progress: total, succeeded, failed, cancelled, pending."""

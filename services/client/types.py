@@ -147,6 +147,7 @@ class Prediction:
     top_k: list[Label]
     timings: dict[str, Any]
     error: dict[str, Any] | None = None
+    random_weights: bool = False  # the model ran on random weights: labels mean nothing
     result: Result | None = None  # typed per task; None for a failed file
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -164,6 +165,7 @@ class Prediction:
             top_k=_labels(raw.get("top_k")),
             timings=dict(raw.get("timings") or {}),
             error=raw.get("error"),
+            random_weights=bool(raw.get("random_weights", False)),
             result=parse_result(raw.get("result")),
             raw=raw,
         )
@@ -179,11 +181,27 @@ class PredictResult:
 
 @dataclass(frozen=True)
 class JobRef:
-    """A queued job as POST /v1/jobs reports it."""
+    """A queued job as POST /v1/jobs reports it; a refused file has ``error`` and no id."""
 
     job_id: str
     filename: str
     status_url: str
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was queued."""
+        return self.error is None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> JobRef:
+        """Build from one entry of ``jobs``."""
+        return cls(
+            job_id=str(raw.get("job_id", "")),
+            filename=str(raw.get("filename", "")),
+            status_url=str(raw.get("status_url", "")),
+            error=raw.get("error"),
+        )
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,7 @@ class Job:
     top_k: list[Label] = field(default_factory=list)
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = False  # the model ran on random weights: labels mean nothing
     result: Result | None = None  # typed per task
 
     ENDED = frozenset({"succeeded", "failed", "expired", "cancelled"})
@@ -218,6 +237,7 @@ class Job:
             top_k=_labels(result.get("top_k")),
             error=raw.get("error"),
             timings=dict(raw.get("timings") or {}),
+            random_weights=bool(raw.get("random_weights", False)),
             result=parse_result(raw.get("result")),
         )
 
@@ -283,3 +303,29 @@ class ModelInfo:
             live_workers=int(raw.get("live_workers", 0)),
             raw=raw,
         )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file the server refused for its own content (the others were accepted)."""
+
+    filename: str
+    code: str
+    message: str
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Refusal:
+        """Build from ``{"filename", "error": {"code", "message"}}``."""
+        err = raw.get("error") or {}
+        return cls(
+            str(raw.get("filename", "")), str(err.get("code", "")), str(err.get("message", ""))
+        )
+
+
+@dataclass(frozen=True)
+class BatchUpload:
+    """What ``create_batch`` queued: the batch id, how many files it holds, what was refused."""
+
+    batch_id: str
+    added: int
+    refused: list[Refusal] = field(default_factory=list)

@@ -94,7 +94,13 @@ class JobRecord:
         if self.filename:
             out["filename"] = self.filename
         if self.result is not None:
-            out["result"] = self.result
+            result = self.result
+            if result.get("random_weights"):
+                # The worker marks results of random weights; the flag is the job's, not
+                # part of the task's result.
+                out["random_weights"] = True
+                result = {k: v for k, v in result.items() if k != "random_weights"}
+            out["result"] = result
         if self.error is not None:
             out["error"] = self.error
         out["timings"] = self.timings

@@ -150,6 +150,9 @@ class ApiSettings(CommonSettings):
         description="Redis used_memory (bytes) past which submits get 429 queue_full; "
         "unset: 80% of Redis's maxmemory when it has one; 0: no byte limit",
     )
+    run_token: str = Field(
+        "", max_length=64, description="set by visionq up; /healthz echoes it (process identity)"
+    )
 
     # sha256 digests of every accepted key; plaintext keys are hashed once, at start-up.
     _key_digests: tuple[bytes, ...] = PrivateAttr(default=())

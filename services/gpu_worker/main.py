@@ -53,6 +53,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from models.specs import load_registry
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
+    from services.common.ports import PortUse, describe_taken
     from services.gpu_worker.broker import TRANSPORT_PATH
     from services.gpu_worker.gpu_stats import start_gpu_sampler
     from services.gpu_worker.heartbeat import Heartbeat
@@ -79,6 +80,17 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
+    if settings.metrics_port:
+        # Bind before the (slow) model load: a taken port ends this process at once with
+        # one line, instead of a traceback after loading and a supervisor restart loop.
+        port = settings.metrics_port + index
+        try:
+            start_http_server(port, addr=settings.metrics_host)
+        except OSError as exc:
+            use = PortUse(settings.metrics_host, port, f"worker {index} metrics",
+                          "VISIONQ_METRICS_PORT (worker i uses it + i; 0 = off)")  # fmt: skip
+            raise ConfigError(describe_taken(use, exc)) from exc
+        logger.info("worker metrics on :%d/metrics", port)
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)
     runtime = Runtime(settings, plan, specs, store, metrics, worker_id)
@@ -89,10 +101,6 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     except Exception as exc:
         raise ConfigError(f"worker could not load its models: {exc}") from exc
     label = runtime.device_label
-    if settings.metrics_port:
-        port = settings.metrics_port + index
-        start_http_server(port, addr=settings.metrics_host)
-        logger.info("worker metrics on :%d/metrics", port)
     metrics.mark_up(label, {name: served.task for name, served in runtime.served.items()})
     gpu_sampler = start_gpu_sampler(label, metrics)
 

@@ -183,6 +183,12 @@ class Runtime:
             on_oom=lambda: self.metrics.oom.labels(self.device_label).inc(),
         )
         forward_end = job_trace.now_ns()
+        source = served.handler.weights_source
+        if source is not None and source.is_random:
+            # Honest output: every answer from random weights says so (see JobRecord.to_api).
+            for outcome in outcomes:
+                if outcome.result is not None:
+                    outcome.result["random_weights"] = True
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
         stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)

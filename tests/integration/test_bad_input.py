@@ -66,10 +66,55 @@ def test_bad_upload_is_refused(
     assert resp.json()["error"]["message"]
 
 
-def test_one_bad_file_refuses_the_whole_request(stack: Stack, no_new_jobs: None) -> None:
-    resp = predict(stack.url, files(("good.jpg", jpeg(1)), ("bad.txt", b"nope")))
+MIXED = [
+    ("good.jpg", jpeg(1)),
+    ("bad.txt", b"nope"),
+    ("cut.jpg", _half(jpeg(5))),
+    ("bomb.png", png_declaring(30000, 30000)),
+    ("also_good.jpg", jpeg(2)),
+]
+REFUSED = {
+    "bad.txt": "unsupported_media_type",
+    "cut.jpg": "invalid_image",
+    "bomb.png": "payload_too_large",
+}
+
+
+def test_bad_files_among_good_ones_get_their_own_error_in_the_200(stack: Stack) -> None:
+    before = _job_keys(stack)
+    resp = predict(stack.url, files(*MIXED))
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert [p["filename"] for p in preds] == [name for name, _ in MIXED]  # upload order
+    for pred in preds:
+        if pred["filename"] in REFUSED:
+            assert pred["error"]["code"] == REFUSED[pred["filename"]]
+            assert pred["filename"] in pred["error"]["message"]
+            assert "job_id" not in pred
+        else:
+            assert "error" not in pred and len(pred["top_k"]) == 5
+    assert _job_keys(stack) == before + 2  # only the good files became jobs
+
+
+def test_jobs_route_follows_the_same_rule(stack: Stack) -> None:
+    data = {"model": TEST_MODEL}
+    resp = httpx.post(f"{stack.url}/v1/jobs", files=files(*MIXED), data=data, timeout=30)
+    assert resp.status_code == 202, resp.text
+    jobs = resp.json()["jobs"]
+    assert [j["filename"] for j in jobs] == [name for name, _ in MIXED]
+    assert {j["filename"]: j["error"]["code"] for j in jobs if "error" in j} == REFUSED
+    assert all("job_id" in j for j in jobs if j["filename"] not in REFUSED)
+
+
+def test_every_file_bad_is_the_first_files_error(stack: Stack, no_new_jobs: None) -> None:
+    resp = predict(stack.url, files(("bad.txt", b"nope"), ("cut.jpg", _half(jpeg(5)))))
     assert resp.status_code == 415
-    assert resp.json()["error"]["filename"] == "bad.txt"
+    err = resp.json()["error"]
+    assert err["filename"] == "bad.txt"
+    assert [r["error"]["code"] for r in err["refused"]] == [
+        "unsupported_media_type",
+        "invalid_image",
+    ]
 
 
 def test_unknown_model_is_404(stack: Stack, no_new_jobs: None) -> None:

@@ -29,7 +29,7 @@ def test_batch_progress_results_and_paging(stack: Stack) -> None:
     images = [(f"img{i:03d}.jpg", jpeg(i, (64, 64))) for i in range(40)]
     images[7] = ("corrupt.jpg", _corrupt())
     with Client(stack.url) as client:
-        batch_id = client.create_batch(images, model=TEST_MODEL, top_k=2, chunk_size=16)
+        batch_id = client.create_batch(images, model=TEST_MODEL, top_k=2, chunk_size=16).batch_id
         done = client.wait_batch(batch_id, timeout=120, poll_s=0.3)
         results = list(client.batch_results(batch_id))
         page = list(client.batch_results(batch_id, offset=35, limit=3))
@@ -50,7 +50,7 @@ def test_interactive_request_is_not_starved_by_a_big_batch(stack: Stack) -> None
     probe = files(("probe.jpg", jpeg(99, (64, 64))))
     with Client(stack.url) as client:
         start = time.monotonic()
-        batch_id = client.create_batch(images, model=TEST_MODEL, chunk_size=32)
+        batch_id = client.create_batch(images, model=TEST_MODEL, chunk_size=32).batch_id
         before = client.batch(batch_id)
         sent = time.monotonic()
         resp = httpx.post(
@@ -78,7 +78,7 @@ def test_cancel_stops_what_has_not_started(stack: Stack) -> None:
     # No worker serves IDLE_MODEL, so every job is still queued when the DELETE comes.
     images = [(f"q{i}.jpg", jpeg(i, (64, 64))) for i in range(5)]
     with Client(stack.url) as client:
-        batch_id = client.create_batch(images, model=IDLE_MODEL)
+        batch_id = client.create_batch(images, model=IDLE_MODEL).batch_id
         queued = client.batch(batch_id)
         cancelled = client.cancel_batch(batch_id)
         results = list(client.batch_results(batch_id))

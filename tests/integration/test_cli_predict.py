@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from services.common.redis_server import free_port
 from tests.conftest import TEST_MODEL
 from tests.images import encode, jpeg, make_image
 from tests.integration.stack import ROOT, Stack
@@ -74,14 +80,95 @@ def test_resume_sends_only_what_is_not_done(stack: Stack, photos: Path) -> None:
     lines = [json.dumps(good), json.dumps(records[1] if records[1] != good else records[2])]
     out.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
     second = _predict(stack, photos.parent, "photos", "--out", str(out), "--resume")
-    assert second.returncode == 1, second.stderr  # broken.jpg fails again
+    assert second.returncode == 1, second.stderr  # broken.jpg had no row: sent, fails
     assert "2 done, 1 failed (invalid_image 1), 1 skipped" in second.stderr
-    (photos / "sub" / "broken.jpg").unlink()
     third = _predict(stack, photos.parent, "photos", "--out", str(out), "--resume")
+    # A file that is itself bad is done: not sent again, and the run is clean.
     assert third.returncode == 0, third.stderr
-    assert "0 done, 0 failed, 3 skipped" in third.stderr
-    done = [r for r in _jsonl_lenient(out) if "error" not in r]
-    assert sorted(str(r["filename"]) for r in done) == ["a.jpg", "b.png", "c.webp"]
+    assert "0 done, 0 failed, 4 skipped" in third.stderr
+    assert sorted(str(r["filename"]) for r in _jsonl(out)) == [
+        "a.jpg",
+        "b.png",
+        "broken.jpg",
+        "c.webp",
+    ]
+
+
+def test_one_row_per_file_transient_retried_permanent_only_on_request(
+    stack: Stack, photos: Path
+) -> None:
+    out = photos.parent / "results.csv"
+    first = _predict(stack, photos.parent, "photos", "--out", str(out), "--model", TEST_MODEL)
+    assert first.returncode == 1, first.stderr
+    rows = list(csv.DictReader(out.open()))
+    # A transient failure (as a timeout or a 503 leaves it) for a.jpg, written twice.
+    for row in rows:
+        if row["filename"] == "a.jpg":
+            row.update(status="failed", error_code="timeout", label="", score="", top_k="")
+    with out.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + [r for r in rows if r["filename"] == "a.jpg"])
+    again = _predict(stack, photos.parent, "photos", "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "1 done, 0 failed, 3 skipped" in again.stderr  # only a.jpg was sent
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["filename"] for r in rows) == ["a.jpg", "b.png", "broken.jpg", "c.webp"]
+    assert {r["filename"]: r["status"] for r in rows}["a.jpg"] == "ok"
+    forced = _predict(
+        stack, photos.parent, "photos", "--out", str(out), "--resume", "--retry-failed"
+    )
+    assert forced.returncode == 1, forced.stderr
+    assert "0 done, 1 failed (invalid_image 1), 3 skipped" in forced.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["filename"] for r in rows) == ["a.jpg", "b.png", "broken.jpg", "c.webp"]
+
+
+def test_summary_names_failed_files_and_counts_non_images(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i in range(7):
+        (root / f"bad{i}.jpg").write_bytes(_corrupt())
+    (root / "good.jpg").write_bytes(jpeg(1, (64, 64)))
+    (root / "notes.txt").write_text("x")
+    (root / "model.pt").write_bytes(b"x")
+    out = tmp_path / "r.jsonl"
+    run = _predict(stack, tmp_path, "mixed", "--out", str(out))
+    assert run.returncode == 1, run.stderr
+    assert "1 done, 7 failed (invalid_image 7), 2 non-image files skipped" in run.stderr
+    failed_line = next(line for line in run.stderr.splitlines() if line.startswith("failed: "))
+    assert failed_line.count("(invalid_image)") == 5 and "mixed/bad" in failed_line
+    assert f"... and 2 more: every failed file is in {out}" in run.stderr
+    # The bar's last rate and the summary's are one figure, over one clock.
+    rates = re.findall(r"([0-9.]+) images/s", run.stderr)
+    assert len(rates) >= 2 and rates[-1] == rates[-2], run.stderr
+
+
+def test_ctrl_c_prints_the_summary_and_the_resume_command(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(200):
+        (root / f"img{i:03d}.jpg").write_bytes(jpeg(i, (32, 32)))
+    out = tmp_path / "r.jsonl"
+    args = ["predict", "many", "--out", str(out), "--concurrency", "1", "--url", stack.url]
+    cmd = [sys.executable, "-m", "services.cli.main", *args]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and len(out.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "predict: " in err and " done, 0 failed" in err
+    expected = shlex.join(["visionq", *args, "--resume"])
+    assert f"interrupted; to continue: {expected}" in err
+    # The printed command finishes the job, one row per file.
+    resumed = _predict(stack, tmp_path, *args[1:-2], "--resume")  # _predict adds --url
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(_jsonl(out)) == 200
+    assert len({r["path"] for r in _jsonl(out)}) == 200
 
 
 def _jsonl_lenient(path: Path) -> list[dict[str, object]]:
@@ -104,10 +191,32 @@ def test_glob_and_stdout(stack: Stack, photos: Path) -> None:
 def test_no_images_and_unreachable_server(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     assert _predict(stack, tmp_path, ".").returncode == 2
-    (tmp_path / "a.jpg").write_bytes(jpeg(1, (64, 64)))
-    cmd = [sys.executable, "-m", "services.cli.main", "predict", "a.jpg",
-           "--url", "http://127.0.0.1:9", "--retries", "0"]  # fmt: skip
+    for i in range(19):
+        (tmp_path / f"a{i}.jpg").write_bytes(jpeg(i, (64, 64)))
+    port = free_port()  # nothing listens there
+    cmd = [sys.executable, "-m", "services.cli.main", "predict", ".", "--out", "r.jsonl",
+           "--url", f"http://127.0.0.1:{port}"]  # fmt: skip
+    start = time.monotonic()
     run = subprocess.run(cmd, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert run.returncode == 1
-    assert json.loads(run.stdout)["error"]["code"] == "connection_error"
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr  # once, not once per file
+    assert f"cannot reach the API at http://127.0.0.1:{port}" in lines[0]
+    assert "ConnectError" in lines[0]
+    assert not (tmp_path / "r.jsonl").exists() or not (tmp_path / "r.jsonl").read_text()
+    assert time.monotonic() - start < 15  # was 17.6 s for 19 files
+
+
+def test_every_option_has_help() -> None:
+    from services.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, p in sub.choices.items()
+        for action in p._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not missing

@@ -82,3 +82,65 @@ def test_api_key_is_sent(stack: Stack, tmp_path: Path) -> None:
         keyed.stop_all()
     assert (refused.value.status, refused.value.code) == (401, "unauthorized")
     assert result.predictions[0].ok
+
+
+def test_create_batch_reports_refused_files_and_keeps_the_rest(stack: Stack) -> None:
+    good = [(f"ok{i}.jpg", jpeg(10 + i, (48, 48))) for i in range(5)]
+    files = [
+        good[0],
+        good[1],  # chunk 1: all good
+        ("notes.txt", b"not an image"),
+        good[2],  # chunk 2: one refused among good
+        ("cut.jpg", jpeg(3)[:100]),
+        ("empty.png", b""),  # chunk 3: every file refused (the server answers 4xx)
+        good[3],
+        good[4],
+    ]
+    with Client(stack.url) as client:
+        upload = client.create_batch(files, model=TEST_MODEL, chunk_size=2)
+        status = client.wait_batch(upload.batch_id, timeout=120, poll_s=0.3)
+    assert upload.added == 5 and status.total == 5 and status.succeeded == 5
+    refused = {r.filename: r.code for r in upload.refused}
+    assert refused == {
+        "notes.txt": "unsupported_media_type",
+        "cut.jpg": "invalid_image",
+        "empty.png": "invalid_image",
+    }
+    assert all(r.filename in r.message for r in upload.refused)
+
+
+def test_create_batch_cancels_what_it_queued_before_raising(stack: Stack) -> None:
+    too_big = ("huge.jpg", b"\xff\xd8" + bytes(3 * 1024 * 1024))  # over the 2 MiB body cap
+    files = [("a.jpg", jpeg(1, (48, 48))), ("b.jpg", jpeg(2, (48, 48))), too_big]
+    with Client(stack.url) as client:
+        with pytest.raises(ApiError) as info:
+            # IDLE_MODEL has no worker: the first chunk's jobs would wait for ever.
+            client.create_batch(files, model=IDLE_MODEL, chunk_size=2)
+        assert info.value.code == "payload_too_large"
+        batch_id = info.value.details["cancelled_batch_id"]
+        status = client.batch(batch_id)
+    assert status.status == "cancelled" and status.cancelled == 2 and status.pending == 0
+
+
+def test_async_create_batch_follows_the_same_rule(stack: Stack) -> None:
+    files = [("x.txt", b"text"), ("ok.jpg", jpeg(7, (48, 48))), ("y.txt", b"more text")]
+
+    async def go() -> tuple[str, int, list[str]]:
+        async with AsyncClient(stack.url) as client:
+            up = await client.create_batch(files, model=TEST_MODEL, chunk_size=1)
+            return up.batch_id, up.added, [r.filename for r in up.refused]
+
+    batch_id, added, refused = asyncio.run(go())
+    assert len(batch_id) == 32 and added == 1 and refused == ["x.txt", "y.txt"]
+
+
+def test_submit_and_predict_follow_the_multi_file_rule(stack: Stack) -> None:
+    files = [("a.jpg", jpeg(1, (48, 48))), ("bad.txt", b"text"), ("b.jpg", jpeg(2, (48, 48)))]
+    with Client(stack.url) as client:
+        refs = client.submit(files, model=TEST_MODEL)
+        result = client.predict(files, model=TEST_MODEL)
+    assert [r.filename for r in refs] == ["a.jpg", "bad.txt", "b.jpg"]
+    assert [r.ok for r in refs] == [True, False, True]
+    assert refs[1].error is not None and refs[1].error["code"] == "unsupported_media_type"
+    assert [p.ok for p in result.predictions] == [True, False, True]
+    assert result.predictions[1].error == refs[1].error

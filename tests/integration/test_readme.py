@@ -72,7 +72,7 @@ def kind(command: str) -> str:
     body = _ENV_PREFIX.match(command)
     rest = body.group(2) if body else command
     for name, pattern in [
-        ("make_up", r"make up$"),
+        ("make_up", r"make up( ARGS=.*)?$"),
         ("make_test", r"make test$"),
         ("against_stack", r"curl |\.venv/bin/visionq predict "),
         ("scratch", r"\.venv/bin/visionq compose |cat > \.env <<"),
@@ -100,6 +100,17 @@ def test_make_targets_are_what_the_readme_says() -> None:
             assert text in dry.stdout, (target, dry.stdout)
 
 
+def test_make_up_passes_args_through() -> None:
+    with_args = [c for c in commands() if kind(c) == "make_up" and "ARGS=" in c]
+    assert with_args, "the README shows how to run on another port with make up ARGS=..."
+    for command in with_args:
+        args = shlex.split(command)
+        dry = subprocess.run(["make", "-n", *args[1:]], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        given = args[-1].split("=", 1)[1]
+        assert f"visionq up {given}" in dry.stdout, dry.stdout
+
+
 # The embedded Redis of each README stack, by the stack's URL (from its "visionq is up" line).
 STACK_REDIS: dict[str, str] = {}
 
@@ -107,7 +118,11 @@ STACK_REDIS: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def readme_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``visionq up`` as ``make up`` runs it, with the README's variables; its URL."""
-    prefixes = {c.rsplit("make up", 1)[0].strip() for c in commands() if kind(c) == "make_up"}
+    prefixes = {
+        c.rsplit("make up", 1)[0].strip()
+        for c in commands()
+        if kind(c) == "make_up" and "ARGS=" not in c
+    }
     (prefix,) = prefixes - {""}  # the quick start's VISIONQ_ALLOW_RANDOM_WEIGHTS=1
     tmp = tmp_path_factory.mktemp("readme")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}

@@ -91,6 +91,20 @@ def test_raw_limit_measures_every_stage() -> None:
     assert raw.limit == max(raw.full_per_s.values())
 
 
+def test_bench_writes_into_a_folder_git_ignores() -> None:
+    import subprocess
+
+    from services.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench"])
+    root = Path(__file__).resolve().parents[2]
+    for path in (args.out, args.chart):
+        assert not path.is_absolute() and path.parts[0] == "results"
+        # Exit 0: git ignores it, so a benchmark run leaves `git status` clean.
+        check = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=root)
+        assert check.returncode == 0, path
+
+
 def test_events_cost_summary_compares_the_means() -> None:
     from services.bench.events import events_table, summarize
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,7 @@ def test_models_table_with_random_weights(
 ) -> None:
     pytest.importorskip("models.specs").load_registry  # noqa: B018 - skip until it exists
     monkeypatch.setenv("VISIONQ_ALLOW_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("VISIONQ_ALLOW_DOWNLOAD", "0")
     monkeypatch.setenv("VISIONQ_MODELS", "resnet18,mobilenet_v3_small")
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-visionq-torch-home")
     monkeypatch.delenv("VISIONQ_WEIGHTS_DIR", raising=False)
@@ -85,22 +87,53 @@ def test_models_table_with_random_weights(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:5] == ["NAME", "TASK", "INPUT", "SERVED", "WEIGHTS"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["resnet18"][1:5] == ["classification", "224x224", "yes", "random"]
+    assert rows["resnet18"][1:5] == ["classification", "224x224", "yes", "RANDOM"]
     assert rows["resnet50"][3] == "no"
 
 
-def test_models_without_weights_shows_the_error(
+def test_models_without_weights_lists_every_model_and_the_fix(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("models.specs")
     monkeypatch.setenv("VISIONQ_ALLOW_RANDOM_WEIGHTS", "0")
+    monkeypatch.setenv("VISIONQ_ALLOW_DOWNLOAD", "0")
     monkeypatch.setenv("VISIONQ_MODELS", "resnet18")
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-visionq-torch-home")
     monkeypatch.delenv("VISIONQ_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("VISIONQ_MODELS_FILE", raising=False)
-    assert main(["models"]) == 1  # a served model cannot load
+    assert main(["models"]) == 0  # a listing, not a failure
     out = capsys.readouterr().out
-    assert "error: no weights found for model 'resnet18'" in out
+    table = out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[0]: line.split() for line in table}
+    assert len(rows) >= 7  # every built-in model, with its task and input size
+    assert rows["resnet18"][1:5] == ["classification", "224x224", "yes", "MISSING"]
+    assert "error:" not in out
+    fix = next(line for line in out.splitlines() if line.strip().startswith("resnet18:"))
+    assert "/nonexistent-visionq-torch-home/hub/checkpoints/resnet18-" in fix
+    assert "VISIONQ_WEIGHTS_DIR" in fix
+
+
+def test_models_names_where_each_source_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("models.specs")
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"x")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "resnet50.pt").write_bytes(b"x")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("VISIONQ_WEIGHTS_DIR", str(tmp_path / "w"))
+    monkeypatch.setenv("VISIONQ_ALLOW_RANDOM_WEIGHTS", "0")
+    monkeypatch.delenv("VISIONQ_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("VISIONQ_MODELS_FILE", raising=False)
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[0]: line for line in table}
+    assert "hub cache " + str(hub / "resnet18-f37072fd.pth") in rows["resnet18"]
+    assert "file " + str(tmp_path / "w" / "resnet50.pt") in rows["resnet50"]
+    assert "download on first use from https://" in rows["vit_b_16"]
+    assert "without network: the worker stops" in rows["vit_b_16"]
 
 
 def test_plan_workers() -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import main
-from services.cli.predict import PredictOptions, collect_images, predict_files
+from services.cli.predict import PredictOptions, Unreachable, collect_images, predict_files
 from services.cli.predict_output import JsonlSink
+from services.cli.predict_summary import Summary
 from services.common.errors import ConfigError
 
 
@@ -118,12 +119,15 @@ def test_predict_command_exit_codes(
     assert len(lines) == 3 and sum("error" in json.loads(x) for x in lines) == 1
 
 
-def test_predict_unreachable_server_records_errors(tmp_path: Path) -> None:
-    image = _touch(tmp_path / "a.jpg")
+def test_predict_stops_when_the_api_goes_away(tmp_path: Path) -> None:
+    images = [_touch(tmp_path / f"a{i}.jpg") for i in range(5)]
     out = io.StringIO()
-    opts = PredictOptions(url="http://127.0.0.1:9", timeout_s=1.0, retries=0)
-    assert predict_files([image], opts, JsonlSink(out), io.StringIO()).failed == 1
-    assert json.loads(out.getvalue())["error"]["code"] == "connection_error"
+    opts = PredictOptions(url="http://127.0.0.1:9", timeout_s=1.0, retries=0, concurrency=1)
+    summary = Summary(total=5)
+    with pytest.raises(Unreachable):
+        predict_files(images, opts, JsonlSink(out), io.StringIO(), summary=summary)
+    assert out.getvalue() == ""  # nothing written: every file is left for --resume
+    assert summary.not_sent == 5
 
 
 def test_predict_without_images_exits_2(tmp_path: Path) -> None:

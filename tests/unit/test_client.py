@@ -154,7 +154,7 @@ def test_batch_calls_chunk_uploads_and_stream_results() -> None:
 
     with Client("http://x", transport=httpx.MockTransport(handler)) as client:
         files = [(f"{i}.jpg", b"x") for i in range(5)]
-        batch_id = client.create_batch(files, chunk_size=2)
+        batch_id = client.create_batch(files, chunk_size=2).batch_id
         assert client.wait_batch(batch_id).done
         jobs = list(client.batch_results(batch_id, offset=1))
     assert posts == [

@@ -149,6 +149,7 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
         batch_id = first
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
     body["status_url"] = f"/v1/batches/{batch_id}"
+    body["refused"] = [r.to_api() for r in form.refused]
     return JSONResponse(body, status_code=201)
 
 
@@ -162,7 +163,8 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
     form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     total, _ = await _add(state, batch_id, form, idem)
-    return {"batch_id": batch_id, "added": len(form.files), "total": total}
+    refused = [r.to_api() for r in form.refused]
+    return {"batch_id": batch_id, "added": len(form.files), "total": total, "refused": refused}
 
 
 @router.get("/{batch_id}")

@@ -17,9 +17,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """200 while the process lives."""
-    return {"status": "ok"}
+async def healthz(state: StateDep) -> dict[str, str]:
+    """200 while the process lives; ``run_token`` tells ``visionq up`` it started this one."""
+    body = {"status": "ok"}
+    if state.settings.run_token:
+        body["run_token"] = state.settings.run_token
+    return body
 
 
 # A tiny write with a TTL: a Redis that answers PING but refuses writes (maxmemory reached,

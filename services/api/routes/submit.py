@@ -11,7 +11,7 @@ from services.api.deps import StateDep
 from services.api.idempotency import idempotency_of
 from services.api.records import fetch_records
 from services.api.submit import check_model, new_job_ids, submit
-from services.api.uploads import multipart_form_doc, read_form
+from services.api.uploads import Refusal, SubmitForm, multipart_form_doc, read_form
 from services.common.errors import InvalidImage, Timeout
 from services.common.jobs import JobRecord, Status
 
@@ -29,9 +29,12 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
         }
     out: dict[str, Any] = {"filename": filename, "job_id": job_id}
     if record.status == Status.SUCCEEDED and record.result is not None:
-        out["result"] = record.result
+        # The worker's random-weights mark is the job's flag, not part of the task's result.
+        out["result"] = {k: v for k, v in record.result.items() if k != "random_weights"}
         if "top_k" in record.result:  # classifiers: kept at the top level for compatibility
             out["top_k"] = record.result["top_k"]
+        if record.result.get("random_weights"):
+            out["random_weights"] = True
     else:
         out["error"] = record.error or {"code": record.status, "message": f"job {record.status}"}
     out["timings"] = record.timings
@@ -62,13 +65,26 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
     if not finished and any(r is not None and r.status not in _ENDED for r in records):
         exc = Timeout(f"not done within {timeout:g}s; poll the jobs", job_ids=job_ids)
         raise exc
-    predictions = [
-        _prediction(r, j, u.filename) for r, j, u in zip(records, job_ids, form.files, strict=True)
-    ]
+    predictions = _in_upload_order(form, records, job_ids)
     if all(p.get("error", {}).get("code") == InvalidImage.code for p in predictions):
         first = predictions[0]["error"]
         raise InvalidImage(first["message"], job_ids=job_ids)
     return JSONResponse({"model": form.model, "predictions": predictions})
+
+
+def _in_upload_order(
+    form: SubmitForm, records: list[JobRecord | None], job_ids: list[str]
+) -> list[dict[str, Any]]:
+    """One entry per file part: its prediction, or its refusal (``{"filename", "error"}``)."""
+    served = iter(zip(records, job_ids, strict=True))
+    out: list[dict[str, Any]] = []
+    for part in form.order():
+        if isinstance(part, Refusal):
+            out.append(part.to_api())
+        else:
+            record, job_id = next(served)
+            out.append(_prediction(record, job_id, part.filename))
+    return out
 
 
 _ENDED = {s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)}
@@ -85,8 +101,15 @@ async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
     if earlier is not None:
         job_ids = list(earlier["job_ids"])  # a retry: the first request's jobs, nothing new
     base = str(request.base_url).rstrip("/")
+    ids = iter(job_ids)
     jobs = [
-        {"job_id": j, "filename": u.filename, "status_url": f"{base}/v1/jobs/{j}"}
-        for j, u in zip(job_ids, form.files, strict=True)
+        part.to_api()
+        if isinstance(part, Refusal)
+        else {
+            "job_id": (j := next(ids)),
+            "filename": part.filename,
+            "status_url": f"{base}/v1/jobs/{j}",
+        }
+        for part in form.order()
     ]
     return JSONResponse({"jobs": jobs}, status_code=202)

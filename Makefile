@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck unit integration gpu clean
+.PHONY: install up test lint typecheck unit integration gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ integration: install
 
 gpu: install
 	$(BIN)/pytest -q tests/gpu
+
+# Driver report, tests/gpu (recompiles counted), resnet50 fp16 bench with CPU and GPU decode
+# against the raw limit on the same path: gpu-check/gpu-check.json + .png. Without CUDA it
+# prints the plan and exits 0.
+gpu-check: install
+	$(BIN)/python -m services.bench.gpu_check --out gpu-check
 
 test: lint typecheck
 	$(BIN)/pytest -q -ra tests

@@ -61,6 +61,8 @@ class HandlerOptions:
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels flattened onto it
     accepted_formats: tuple[str, ...] | None = None  # None: every format this build reads
     fast_decode: bool = False  # libjpeg DCT scaling for JPEGs larger than the model needs
+    # float16 / bfloat16: weights kept resident in it on CUDA (the autocast dtype); None: float32
+    weights_dtype: str | None = None
 
 
 class Handler:

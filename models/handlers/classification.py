@@ -40,6 +40,7 @@ class ClassificationHandler(Handler):
             device,
             channels_last=self.options.channels_last,
             compile=self.options.compile,
+            half=self.options.weights_dtype,
         )
         self._decode: Callable[[bytes], Any] = self._decode_cpu
         self._stack: Callable[[list[Any]], Any] = np.stack
@@ -75,7 +76,7 @@ class ClassificationHandler(Handler):
         )
 
     def decode(self, data: bytes, params: Any) -> Any:
-        """uint8 (3, S, S): numpy, or a CUDA tensor with GPU decode."""
+        """uint8 (3, S, S) numpy; with GPU decode, a JPEG waits to be decoded with its batch."""
         return self._decode(data)
 
     def collate(self, items: list[Any]) -> Any:

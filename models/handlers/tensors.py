@@ -16,13 +16,33 @@ class Normalizer:
         self.channels_last = channels_last and device.type == "cuda"
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        # One page-locked staging buffer, grown to the largest batch and reused: a fresh
+        # pin_memory() per batch is a page-locking allocation on the hot path.
+        self._pinned: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """Copy a CPU batch to the GPU through the reused pinned buffer (asynchronously)."""
+        n = host.numel()
+        if self._pinned is None or self._pinned.numel() < n or self._pinned.dtype != host.dtype:
+            self._pinned = torch.empty(n, dtype=host.dtype, pin_memory=True)
+        elif self._copied is not None:
+            # The previous batch's copy may still be reading the buffer.
+            self._copied.synchronize()
+        staging = self._pinned[:n].view(host.shape)
+        staging.copy_(host)
+        out = staging.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+        return out
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalise on the device: the host copy stays uint8 (4x fewer bytes to move)."""
         host = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
         if self.device.type == "cuda" and host.device.type == "cpu":
-            host = host.pin_memory()
-        x = host.to(self.device, non_blocking=True).float().div_(255.0)
+            x = self._upload(host).float().div_(255.0)
+        else:
+            x = host.to(self.device).float().div_(255.0)
         x = x.sub_(self.mean).div_(self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -37,12 +57,83 @@ def to_device_float(image: np.ndarray | torch.Tensor, device: torch.device) -> t
     return host.to(device, non_blocking=True).float().div_(255.0)
 
 
+# Enough compiled graphs for every batch bucket of a max batch of up to 1024 (11 buckets) and
+# a few input sizes; past the limit dynamo silently falls back to eager.
+RECOMPILE_LIMIT = 32
+
+
+_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+class Fp32Head(torch.nn.Module):
+    """A final layer run in float32 outside autocast: logits (and the softmax after them)
+    keep full precision while the body runs in half precision."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in) any float dtype -> (N, out) float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out: torch.Tensor = self.inner(x.float())
+            return out
+
+
+def half_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Weights resident in ``dtype``; normalisation layers and the last Linear in float32.
+
+    Under autocast, weights that are float32 are cast to half precision again on EVERY
+    forward (autocast's weight cache only covers leaf tensors that require grad, and
+    inference weights don't), which costs a full read and write of the weights per batch.
+    Stored in half precision they are used as they are. Norm layers stay float32 (cuDNN's
+    batch norm wants float32 parameters with half inputs; autocast runs layer/group norm in
+    float32), and the classification head -- the last ``Linear`` -- runs in float32 via
+    ``Fp32Head``, so the logits and softmax lose nothing to half precision.
+    """
+    module = module.to(dtype)
+    for sub in module.modules():
+        if isinstance(sub, _NORMS):
+            sub.float()
+    last: tuple[torch.nn.Module, str] | None = None
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear):
+                last = (parent, name)
+    if last is not None:
+        parent, name = last
+        setattr(parent, name, Fp32Head(getattr(parent, name)))
+    return module
+
+
 def prepare_module(
-    module: torch.nn.Module, device: torch.device, *, channels_last: bool, compile: bool
+    module: torch.nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    compile: bool,
+    half: str | None = None,
 ) -> torch.nn.Module:
-    """channels_last on CUDA, and ``torch.compile`` when asked (compiles lazily per shape)."""
+    """channels_last on CUDA, weights in ``half`` precision on CUDA (``half_weights``), and
+    ``torch.compile`` with static shapes when asked.
+
+    ``dynamic=False``: one specialised graph per batch shape (the runtime pads batches to
+    buckets and compiles each at warm-up), never a dynamic-shape graph, which is slower and
+    would be built on the first live batch of a second size. No CUDA graphs
+    (``mode="reduce-overhead"``): their outputs are overwritten by the next replay, and a
+    split retry runs several forwards before the outputs are encoded. Inductor's cache goes
+    to ``TORCHINDUCTOR_CACHE_DIR`` (a volume in compose/k8s) so restarts reuse kernels.
+    """
     if channels_last and device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
+    # Not for TorchScript: autocast does not reach inside a scripted graph, so half weights
+    # would meet float32 inputs there.
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    if half is not None and device.type == "cuda" and not scripted:
+        module = half_weights(module, torch.bfloat16 if half == "bfloat16" else torch.float16)
     if compile:
-        module = torch.compile(module)  # type: ignore[assignment]
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        module = torch.compile(module, dynamic=False)  # type: ignore[assignment]
     return module

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ def measure_raw(
     import torch
 
     from services.common.settings import get_worker_settings
-    from services.gpu_worker.device import default_threads
+    from services.gpu_worker.device import available_cpus, default_threads
     from services.gpu_worker.serving import build_served
 
     device = torch.device(device_name)
@@ -88,8 +88,13 @@ def measure_raw(
     )
     # The worker's own thread count (see services/gpu_worker/device.py), so the raw limit
     # and the served stack run the forward the same way.
-    threads = settings.torch_threads or default_threads(device.type, os.cpu_count())[0]
+    default_torch, default_decode = default_threads(device.type, available_cpus())
+    threads = settings.torch_threads or default_torch
     torch.set_num_threads(threads)
+    # Decoded on as many threads as a worker uses (on CUDA the CPU only decodes), so the
+    # limit is the served path's, not a serial one-thread decode.
+    decode_threads = settings.decode_threads or default_decode
+    pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
     served = build_served(spec, settings, device)
     params = served.params_type()
     encode = served.handler.encode
@@ -122,7 +127,8 @@ def measure_raw(
 
         def full_loop(n: int, size: int = size) -> int:
             chunk = [images[(n + i) % len(images)] for i in range(size)]
-            for output in forward([decode(d) for d in chunk]):
+            decoded = list(pool.map(decode, chunk)) if pool else [decode(d) for d in chunk]
+            for output in forward(decoded):
                 encode(output, params)
             return size
 
@@ -136,4 +142,6 @@ def measure_raw(
             encode(output, params)
         times.append(time.perf_counter() - t)
     result.single_image_ms = float(np.median(times) * 1000)
+    if pool is not None:
+        pool.shutdown()
     return result

@@ -87,6 +87,8 @@ def worker_service(index: int) -> dict[str, Any]:
             # Heartbeats and task events: what the flower service shows.
             "VISIONQ_CELERY_EVENTS": "1",
             "CUDA_VISIBLE_DEVICES": "0",
+            # torch.compile's kernels on the cache volume: a restarted worker reuses them.
+            "TORCHINDUCTOR_CACHE_DIR": "/home/visionq/.cache/torch/inductor",
         },
         "volumes": ["torch-cache:/home/visionq/.cache/torch"],
         "depends_on": {"redis": {"condition": "service_healthy"}},

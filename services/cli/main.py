@@ -86,7 +86,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     }
     if args.workers > 1:
         # uvicorn binds the port in this process, before any app starts, and exits on failure.
-        uvicorn.run(app, workers=args.workers, **options)
+        # Each serving process dies with this supervisor (no orphan left on the port).
+        uvicorn.run("services.cli.api_child:create_app", workers=args.workers, **options)
         return 0
     # One process: bind before uvicorn starts the app. A bind failure inside uvicorn comes
     # after the lifespan started, and its shutdown can hang with Redis connected.
@@ -205,6 +206,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from services.bench.run import run
 
     return run(args)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """Faults on a local cluster under load; exit 1 if anything was lost or doubled."""
+    import tempfile
+
+    from services.chaos.run import run_chaos, summary, write_report
+
+    workdir = Path(tempfile.mkdtemp(prefix="visionq-chaos-"))
+    report = run_chaos(args.minutes, args.seed, args.period, workdir)
+    print(summary(report))
+    if args.out is not None:
+        write_report(report, args.out)
+        print(f"wrote {args.out}")
+    print(f"process logs in {workdir}")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("models", cmd_models, "registered models and where their weights come from")
+    p = add("chaos", cmd_chaos, "kill, stop and restart parts of a local cluster under load")
+    p.add_argument("--minutes", type=float, default=5.0, help="how long faults are injected")
+    p.add_argument("--seed", type=int, default=1, help="the fault sequence's random seed")
+    p.add_argument("--period", type=float, default=8.0, help="mean seconds between faults")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p = add("bench", cmd_bench, "raw limit vs served vs unbatched: table, JSON, chart")
     from services.bench.run import add_arguments
 

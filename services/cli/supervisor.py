@@ -77,6 +77,10 @@ def worker_spec(index: int, gpu: str | None) -> ChildSpec:
         "VISIONQ_WORKER_INDEX": str(index),
         "VISIONQ_DEVICE": device,
     }
+    if gpu is not None:
+        # The GPU ids come from nvidia-smi / /proc, numbered in PCI order; CUDA numbers
+        # fastest-first unless told otherwise, so index N could be another GPU in the child.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     label = f"worker-{index} ({device}" + (f", GPU {gpu})" if gpu is not None else ")")
     return ChildSpec(name=label, argv=argv, env=env)
 

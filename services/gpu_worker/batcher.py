@@ -74,6 +74,16 @@ class Batcher(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
+    def drain(self) -> list[T]:
+        """Close, and take every waiting item out (a worker handing its work back)."""
+        with self._cond:
+            self._closed = True
+            taken = [e.item for lanes in self._queues.values()
+                     for q in (lanes.urgent, lanes.normal) for e in q]  # fmt: skip
+            self._queues.clear()
+            self._cond.notify_all()
+            return taken
+
     def pending(self) -> int:
         """How many items wait for a batch."""
         with self._cond:

@@ -19,6 +19,12 @@ queued in a MULTI while it is full, even reads and deletions, so the queue-size 
 ``queue_declare`` and the ack's two deletions run as plain (non-transactional) pipelines:
 neither needs atomicity. So a worker starts and drains a full Redis; the periodic unacked
 sweep just skips its turn while Redis is full.
+
+It also records which worker holds which message: every delivery tag a worker's channel
+adds to kombu's ``unacked`` hash is added, in the same pipeline, to that worker's set
+``vq:held:<worker id>`` and removed with it at ack. Redis's ``unacked`` entries say nothing
+about their consumer; this set is what lets the reaper (reaper.py) hand a dead worker's
+messages back within seconds instead of after the visibility timeout.
 """
 
 from __future__ import annotations
@@ -38,19 +44,18 @@ from services.common.protocol.scripts import kombu_append, kombu_bind
 
 logger = logging.getLogger(__name__)
 
+# One consumer per worker process: the set its channel records delivery tags in.
+_held_key: str | None = None
+
+
+def record_holdings(key: str | None) -> None:
+    """Record this process's delivery tags in the Redis set ``key`` (None: stop)."""
+    global _held_key
+    _held_key = key
+
 
 class QoS(kombu_redis.QoS):
     """QoS whose Redis bookkeeping tolerates a dropped connection and a full Redis."""
-
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        delivery = message.delivery_info
-        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
-        with self.channel.conn_or_acquire() as client:
-            keys = [self.unacked_index_key, self.unacked_key]
-            kombu_append(
-                client, keys, delivery_time=time.time(), tag=delivery_tag, message_json=raw
-            )
-        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
@@ -67,6 +72,27 @@ class QoS(kombu_redis.QoS):
         except redis.exceptions.OutOfMemoryError:
             logger.info("Redis is full: the unacked sweep skips this turn")
             return None
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # One allow-oom script: the message already left its list, so a write refused by a
+        # full Redis would lose it; the holder set (when on) is written in the same call.
+        delivery = message.delivery_info
+        raw = dumps(  # type: ignore[no-untyped-call]
+            [message._raw, delivery["exchange"], delivery["routing_key"]]
+        )
+        keys = [self.unacked_index_key, self.unacked_key]
+        if _held_key is not None:
+            keys.append(_held_key)
+        with self.channel.conn_or_acquire() as client:
+            now = time.time()
+            kombu_append(client, keys, delivery_time=now, tag=delivery_tag, message_json=raw)
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[no-untyped-call]
+        if _held_key is not None:
+            pipe.srem(_held_key, delivery_tag)
+        return pipe
 
     def restore_unacked(self, client: Any = None) -> Any:
         try:
@@ -88,6 +114,12 @@ class QoS(kombu_redis.QoS):
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
+            if requeue:
+                # kombu puts a rejected message at the back of its queue (LPUSH); a message
+                # handed back unstarted goes to the head (RPUSH: BRPOP takes from the right).
+                self.restore_by_tag(delivery_tag, leftmost=False)  # type: ignore[no-untyped-call]
+                virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+                return
             super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning("reject on a dropped broker connection; the sweep restores it")

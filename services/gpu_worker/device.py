@@ -7,16 +7,49 @@ parent process; ``resolve_device`` is called only inside the worker.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 _CUDA_N = re.compile(r"^cuda:(\d+)$")
+_GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/-]+$")
+
+
+def cuda_env(env: MutableMapping[str, str]) -> None:
+    """CUDA settings every GPU worker needs, set before torch is imported.
+
+    - ``CUDA_DEVICE_ORDER=PCI_BUS_ID``: CUDA numbers GPUs fastest-first by default, while
+      nvidia-smi, NVML, /proc/driver/nvidia and the supervisor number them in PCI order;
+      without it ``cuda:1`` may be another GPU than nvidia-smi's GPU 1.
+    - ``expandable_segments:True`` in ``PYTORCH_CUDA_ALLOC_CONF``: batches of varying size
+      fragment the caching allocator; expandable segments let it grow one mapping instead
+      (PyTorch docs, "CUDA memory management"). A user's own allocator settings win.
+    """
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    if "PYTORCH_CUDA_ALLOC_CONF" not in env and "PYTORCH_ALLOC_CONF" not in env:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def device_label(setting: str, visible: str | None) -> str:
+    """The label a CUDA worker reports: ``cuda:N``, or ``cuda:<UUID>`` when pinned by UUID.
+
+    A worker pinned with ``CUDA_VISIBLE_DEVICES=GPU-...`` (or a MIG UUID) sees its GPU as
+    ``cuda:0`` like every other pinned worker; labelling it ``cuda:0`` would merge all such
+    workers into one series, so it is labelled by the UUID, which names it uniquely.
+    """
+    one = (visible or "").strip()
+    if one and "," not in one and _GPU_UUID.match(one):
+        return f"cuda:{one}"
+    if setting == "cuda":
+        return "cuda:0"
+    return setting
 
 
 @dataclass(frozen=True)
@@ -36,6 +69,8 @@ def pin_device(setting: str, env: MutableMapping[str, str] | None = None) -> Dev
         env["CUDA_VISIBLE_DEVICES"] = ""
         return DevicePlan("cpu", "cpu")
     match = _CUDA_N.match(setting)
+    if match or setting == "cuda":
+        cuda_env(env)
     if match:
         physical = match.group(1)
         visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -48,9 +83,9 @@ def pin_device(setting: str, env: MutableMapping[str, str] | None = None) -> Dev
             if index >= len(ids):
                 raise ValueError(f"{setting} is not among CUDA_VISIBLE_DEVICES={visible}")
             env["CUDA_VISIBLE_DEVICES"] = ids[index]
-        return DevicePlan(setting, "cuda:0")
+        return DevicePlan(device_label(setting, env.get("CUDA_VISIBLE_DEVICES")), "cuda:0")
     if setting == "cuda":
-        return DevicePlan("cuda:0", "cuda:0")
+        return DevicePlan(device_label(setting, env.get("CUDA_VISIBLE_DEVICES")), "cuda:0")
     return DevicePlan("auto", "auto")
 
 
@@ -76,6 +111,38 @@ def autocast_kwargs(device_type: str, dtype_name: str) -> dict[str, Any] | None:
 
     dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
     return {"device_type": "cuda", "dtype": dtype}
+
+
+def _cgroup_cpus(root: Path) -> float | None:
+    """CPUs the cgroup quota allows (v2 ``cpu.max``, else v1 CFS files); None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass  # no cgroup v2 controller file here: try v1
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may really use: affinity mask, capped by the cgroup quota.
+
+    ``os.cpu_count()`` counts the node's cores (hundreds on a GPU node) while a pod asks for
+    two; sizing threads by it starts hundreds of threads that fight over two CPUs' worth
+    of quota and get throttled. A fractional quota rounds up (1.5 CPUs -> 2), at least 1.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
 
 
 def default_threads(device_type: str, cores: int | None) -> tuple[int, int]:

@@ -7,6 +7,8 @@ comment does it without breaking the image). The worker then misbehaves on purpo
 - ``oom``: any forward pass containing it raises ``torch.cuda.OutOfMemoryError``.
 - ``oom_batch``: a forward of more than one item containing it raises the same.
 - ``slow=<s>``: the forward pass containing it sleeps ``s`` seconds first.
+- ``cuda_error``: any forward pass containing it raises a sticky CUDA error (as a
+  device-side assert from an out-of-range index in the input would).
 
 Works for every handler: a marked item travels from decode to forward wrapped in
 ``Marked``, which the forward unwraps before the handler's ``collate`` sees it.
@@ -72,6 +74,10 @@ def faulty_forward(run: ForwardFn) -> ForwardFn:
         slow = max((m.value for m in marks if m.fault == "slow"), default=0.0)
         if slow:
             time.sleep(slow)
+        if "cuda_error" in found:
+            raise RuntimeError(
+                "CUDA error: an illegal memory access was encountered (injected by a fault test)"
+            )
         if "oom" in found or ("oom_batch" in found and len(items) > 1):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by a fault test)")
         return run([i.item if isinstance(i, Marked) else i for i in items])

@@ -8,6 +8,7 @@ without a driver NVML can talk to, only memory is reported.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +32,13 @@ class GpuSampler:
         read_memory: Reader,
         read_util: Reader | None,
         interval_s: float = 2.0,
+        read_reserved: Reader | None = None,
     ) -> None:
         self.device = device
         self.metrics = metrics
         self.read_memory = read_memory
         self.read_util = read_util
+        self.read_reserved = read_reserved
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -44,6 +47,8 @@ class GpuSampler:
     def sample_once(self) -> None:
         """Read both values; a reader that fails leaves its series unset (and says so once)."""
         self._sample("memory", self.read_memory, self.metrics.gpu_memory)
+        if self.read_reserved is not None:
+            self._sample("reserved memory", self.read_reserved, self.metrics.gpu_memory_reserved)
         if self.read_util is not None:
             self._sample("utilization", self.read_util, self.metrics.gpu_util)
 
@@ -96,16 +101,39 @@ def nvml_util_reader(torch_uuid: str, physical_index: int | None) -> Reader | No
     return read
 
 
+def nvml_uuid_candidates(torch_uuid: str, visible: str | None) -> list[str]:
+    """UUIDs to try with ``nvmlDeviceGetHandleByUUID`` for the worker's one GPU, best first.
+
+    NVML ignores CUDA_VISIBLE_DEVICES and numbers every GPU on the host, so the pinned GPU is
+    found by UUID. torch prints the CUDA UUID without NVML's prefix, and for a MIG instance
+    that UUID is the instance's, which NVML knows as ``MIG-<uuid>``, not ``GPU-<uuid>``. A
+    ``CUDA_VISIBLE_DEVICES`` naming one UUID (the supervisor's or the device plugin's pin)
+    is the exact name and comes first.
+    """
+    out: list[str] = []
+    one = (visible or "").strip()
+    if one and "," not in one and one.startswith(("GPU-", "MIG-")):
+        out.append(one)
+    if torch_uuid.startswith(("GPU-", "MIG-")):
+        out.append(torch_uuid)
+    else:
+        out += [f"GPU-{torch_uuid}", f"MIG-{torch_uuid}"]
+    return list(dict.fromkeys(out))
+
+
 def _nvml_handle(pynvml: Any, torch_uuid: str, physical_index: int | None) -> Any:
-    # NVML ignores CUDA_VISIBLE_DEVICES and numbers every GPU on the host, so the pinned GPU
-    # is found by its UUID; the physical index from cuda:N is the fallback.
-    uuid = torch_uuid if torch_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{torch_uuid}"
-    try:
-        return pynvml.nvmlDeviceGetHandleByUUID(uuid)
-    except pynvml.NVMLError:
-        if physical_index is None:
-            raise
-        return pynvml.nvmlDeviceGetHandleByIndex(physical_index)
+    error: Exception | None = None
+    for uuid in nvml_uuid_candidates(torch_uuid, os.environ.get("CUDA_VISIBLE_DEVICES")):
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except pynvml.NVMLError as exc:
+            error = exc
+    # The physical index from cuda:N (NVML numbers in PCI order, as the worker's
+    # CUDA_DEVICE_ORDER=PCI_BUS_ID does) is the last resort.
+    if physical_index is None:
+        assert error is not None
+        raise error
+    return pynvml.nvmlDeviceGetHandleByIndex(physical_index)
 
 
 def start_gpu_sampler(
@@ -122,7 +150,14 @@ def start_gpu_sampler(
     props = torch.cuda.get_device_properties(0)
     index = device.partition(":")[2]
     util = nvml_util_reader(str(props.uuid), int(index) if index.isdigit() else None)
+    # Allocated is what tensors hold; reserved adds the caching allocator's free blocks,
+    # which the process holds too (what nvidia-smi and an OOM see).
     sampler = GpuSampler(
-        device, metrics, lambda: float(torch.cuda.memory_allocated(0)), util, interval_s
+        device,
+        metrics,
+        lambda: float(torch.cuda.memory_allocated(0)),
+        util,
+        interval_s,
+        read_reserved=lambda: float(torch.cuda.memory_reserved(0)),
     )
     return sampler.start()

@@ -1,4 +1,8 @@
-"""A worker announces itself in Redis: the API's /readyz and /v1/models read it."""
+"""A worker announces itself in Redis: the API's /v1/models and the reaper read it.
+
+A worker declared dead (reaper.py) is fenced: its heartbeat script refuses to beat again,
+and the worker exits at once, since its messages were handed to other workers meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,41 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from services.common.jobs import worker_key
-from services.common.protocol.scripts import beat
+from services.gpu_worker.handback import fence_key
 
 logger = logging.getLogger(__name__)
+
+# KEYS[1]=heartbeat key, KEYS[2]=fence key. ARGV: value, ttl ms. 0 when fenced.
+# allow-oom: a worker draining a full Redis must not be taken for dead (a few hundred bytes).
+_BEAT_LUA = """#!lua flags=allow-oom
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class Heartbeat:
     """Refreshes ``vq:worker:<id>`` with a TTL of three intervals until stopped."""
 
     def __init__(
-        self, client: redis.Redis, worker_id: str, info: dict[str, Any], interval_s: float
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        info: dict[str, Any],
+        interval_s: float,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._key = worker_key(worker_id)
+        self._fence = fence_key(worker_id)
+        self._script = client.register_script(_BEAT_LUA)
+        self._on_fenced = on_fenced
         self._info = {
             **info,
             "worker_id": worker_id,
@@ -52,11 +73,16 @@ class Heartbeat:
 
     def _beat(self) -> None:
         ttl_ms = int(self._interval_s * 3000)
+        value = json.dumps({**self._info, "beat": time.time()})
         try:
-            # allow-oom: a worker draining a full Redis must not be taken for dead.
-            beat(self._client, self._key, json.dumps(self._info), ttl_ms=ttl_ms)
+            beating = self._script(keys=[self._key, self._fence], args=[value, ttl_ms])
         except redis.RedisError as exc:
             logger.warning("heartbeat failed: %s", exc)
+            return
+        if not beating:
+            logger.critical("this worker was declared dead while it was away; exiting")
+            if self._on_fenced is not None:
+                self._on_fenced()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):

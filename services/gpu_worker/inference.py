@@ -16,10 +16,21 @@ from typing import Any
 import torch
 
 from models.handlers.tensors import Normalizer
+from services.gpu_worker.cuda_errors import is_device_fault, is_oom
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ForwardError", "ForwardFn", "Normalizer", "bucket_sizes", "bucketed", "forward_split"]
+__all__ = [
+    "DeviceFault",
+    "ForwardError",
+    "ForwardFn",
+    "Normalizer",
+    "bucket_sizes",
+    "bucketed",
+    "forward_split",
+    "is_device_fault",
+    "is_oom",
+]
 
 
 class ForwardError(Exception):
@@ -31,11 +42,8 @@ class ForwardError(Exception):
         self.message = message
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA OOM and the CPU allocator's equivalent."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+class DeviceFault(RuntimeError):
+    """A non-OOM CUDA error in a forward: the worker must exit (see ``cuda_errors``)."""
 
 
 # items of one batch -> one output per item (collate + ONE predict + split)
@@ -77,7 +85,11 @@ def forward_split(
     """One output per item; failures are split on indices until they touch one item only.
 
     A failed single item gets a ``ForwardError`` (``out_of_memory`` or ``inference_error``)
-    in its place.
+    in its place. A non-OOM CUDA error raises ``DeviceFault`` instead (see its docstring).
+
+    The retry runs after the ``except`` block has ended: inside it, the exception's
+    traceback still references the failed forward's frames and so its activations, and
+    ``empty_cache()`` could return none of that memory to the device.
     """
     try:
         outputs = run(list(items))
@@ -85,15 +97,20 @@ def forward_split(
             raise RuntimeError(f"handler split gave {len(outputs)} outputs for {len(items)} items")
         return outputs
     except Exception as exc:
+        if is_device_fault(exc):
+            raise DeviceFault(f"{type(exc).__name__}: {exc}"[:500]) from None
         oom = is_oom(exc)
-        if oom:
-            on_oom()
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        # `exc` (and with it the traceback and the failed forward's tensors) is dropped when
+        # this block ends; nothing below may refer to it.
+    if oom:
+        on_oom()
+        if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
-        if len(items) == 1:
-            code = "out_of_memory" if oom else "inference_error"
-            logger.warning("forward failed for a single item: %s", exc)
-            return [ForwardError(code, f"{type(exc).__name__}: {exc}"[:500])]
-        logger.warning("forward of %d items failed (%s); splitting", len(items), exc)
-        half = len(items) // 2
-        return forward_split(run, items[:half], on_oom) + forward_split(run, items[half:], on_oom)
+    if len(items) == 1:
+        logger.warning("forward failed for a single item: %s", message)
+        return [ForwardError("out_of_memory" if oom else "inference_error", message)]
+    logger.warning("forward of %d items failed (%s); splitting", len(items), message)
+    half = len(items) // 2
+    return forward_split(run, items[:half], on_oom) + forward_split(run, items[half:], on_oom)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
+from typing import TYPE_CHECKING
 
 from services.common.errors import ConfigError
 from services.gpu_worker.device import pin_device
+
+if TYPE_CHECKING:
+    from services.gpu_worker.handback import HandBack
+    from services.gpu_worker.reaper import Reaper
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +60,12 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
     from services.common.ports import PortUse, describe_taken
-    from services.gpu_worker.broker import TRANSPORT_PATH
+    from services.gpu_worker.broker import TRANSPORT_PATH, record_holdings
     from services.gpu_worker.gpu_stats import start_gpu_sampler
+    from services.gpu_worker.handback import HandBack, held_key
     from services.gpu_worker.heartbeat import Heartbeat
     from services.gpu_worker.metrics import WorkerMetrics
+    from services.gpu_worker.reaper import Reaper
     from services.gpu_worker.runtime import Runtime
     from services.gpu_worker.store import JobStore
     from services.gpu_worker.sweeper import LostMessageSweeper
@@ -79,7 +87,9 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
 
     tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}"
+    # Unique per process start: a restarted container has the same host name and often the
+    # same PID (1), and must not inherit the fence of the process it replaces.
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}:{secrets.token_hex(3)}"
     if settings.metrics_port:
         # Bind before the (slow) model load: a taken port ends this process at once with
         # one line, instead of a traceback after loading and a supervisor restart loop.
@@ -93,7 +103,8 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         logger.info("worker metrics on :%d/metrics", port)
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)
-    runtime = Runtime(settings, plan, specs, store, metrics, worker_id)
+    handback = HandBack(client)
+    runtime = Runtime(settings, plan, specs, store, metrics, worker_id, handback)
     try:
         runtime.start()
     except ConfigError:
@@ -123,6 +134,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
             "max_batch_size": settings.max_batch_size,
         },
         settings.heartbeat_interval_s,
+        on_fenced=_exit_fenced,
     )
     app = make_celery(settings, settings.unacked_restore_interval_s, settings.celery_events)
     from celery import signals
@@ -133,10 +145,13 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     app.conf.broker_transport = TRANSPORT_PATH
     register_tasks(app, runtime)
     # Threads, not prefork: task threads only wait on the in-process batcher, so one forward
-    # runs at a time. Three batches in flight: one running, one decoded, one gathering.
-    concurrency = 3 * settings.max_batch_size
+    # runs at a time. Two batches in flight (one running, one decoded or gathering): the
+    # prefetch (= concurrency, multiplier 1) is what a dead or stopping worker holds.
+    concurrency = 2 * settings.max_batch_size
+    record_holdings(held_key(worker_id))
     worker = app.Worker(
-        hostname=f"visionq-{label}-{index}@{socket.gethostname()}",
+        # The PID keeps two workers on one host (same device label and index) apart.
+        hostname=f"visionq-{label}-{index}-{os.getpid()}@{socket.gethostname()}",
         pool_cls="threads",
         concurrency=concurrency,
         queues=[queue_name(m, lane) for lane in LANES for m in specs],
@@ -152,19 +167,60 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     sweeper = LostMessageSweeper(
         client,
         app,
-        grace_s=settings.visibility_timeout_s,
-        interval_s=min(60.0, max(1.0, settings.visibility_timeout_s / 2)),
+        grace_s=min(float(settings.visibility_timeout_s), SWEEP_GRACE_S),
+        interval_s=SWEEP_INTERVAL_S,
         owner=worker_id,
     )
+    interval = settings.heartbeat_interval_s
+    reaper = Reaper(
+        client,
+        worker_id,
+        poll_s=min(1.0, interval / 2),
+        confirm_s=2 * interval,
+        on_reaped=lambda _worker, _jobs: sweeper.sweep_soon(),
+    )
     heartbeat.start()
+    reaper.register()
     sweeper.start()
+    reaper.start()
+    clean = False
     try:
         worker.start()
+        clean = True
     finally:
+        reaper.stop()
         sweeper.stop()
+        if clean:
+            _leave(reaper, handback, worker_id)
         heartbeat.stop()
         metrics.worker_up.labels(label).set(0)
         if gpu_sampler is not None:
             gpu_sampler.stop()
         runtime.stop()
     return int(worker.exitcode or 0)
+
+
+# The lost-message sweeper looks at jobs queued longer than this (or the visibility
+# timeout, if shorter) every SWEEP_INTERVAL_S; after a worker death it looks at once.
+SWEEP_GRACE_S = 30.0
+SWEEP_INTERVAL_S = 10.0
+
+
+def _exit_fenced() -> None:
+    # Declared dead while paused: its messages run elsewhere now. Leave without acking,
+    # storing or restoring anything; a supervisor starts a fresh worker.
+    logging.shutdown()
+    os._exit(3)
+
+
+def _leave(reaper: Reaper, handback: HandBack, worker_id: str) -> None:
+    """After a clean stop: give back anything still held, then leave the worker index."""
+    import redis
+
+    try:
+        left = handback.restore_held(worker_id)
+        if left:
+            logger.warning("handed back %d message(s) still held at exit", len(left))
+        reaper.deregister()
+    except redis.RedisError as exc:
+        logger.warning("could not leave the worker index (%s); the reaper will", exc)

@@ -110,6 +110,12 @@ class WorkerMetrics:
             ["device"],
             registry=r,
         )
+        self.gpu_memory_reserved = Gauge(
+            "visionq_gpu_memory_reserved_bytes",
+            "torch.cuda.memory_reserved (allocated plus the caching allocator's free blocks)",
+            ["device"],
+            registry=r,
+        )
         self.gpu_util = Gauge(
             "visionq_gpu_utilization_ratio", "NVML utilisation 0..1", ["device"], registry=r
         )

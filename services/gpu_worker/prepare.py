@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.common.errors import VisionqError
 from services.common.jobs import Status
+from services.gpu_worker.cuda_errors import exit_on_device_fault, is_oom
 from services.gpu_worker.store import Claim, Outcome
 
 logger = logging.getLogger(__name__)
@@ -153,12 +154,16 @@ def build_prepared(
             prepared.decode_ms.append(ms)
             continue
         error = value.exc
+        # GPU decode: a sticky CUDA error ends the worker (its jobs are redelivered); an OOM
+        # while resizing on the device is the server's fault, not a bad image.
+        exit_on_device_fault(error, "GPU decode")
         if isinstance(error, VisionqError):
             outcome = _failure(item, claim, error.code, error.message, ms)
         else:
             logger.warning(
                 "decoding job %s failed: %r", item.job_id, error, extra={"job_id": item.job_id}
             )
-            outcome = _failure(item, claim, "invalid_image", f"cannot decode: {error}", ms)
+            code = "out_of_memory" if is_oom(error) else "invalid_image"
+            outcome = _failure(item, claim, code, f"cannot decode: {error}", ms)
         prepared.ended.append((item, outcome))
     return prepared, skipped

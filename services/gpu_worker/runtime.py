@@ -3,6 +3,9 @@
 Celery task threads hand each delivered job to ``Runtime.submit`` and wait; the batch is
 claimed, decoded, run through ONE forward pass, and every outcome is stored in one
 pipeline before any waiting task returns, so a message is acked only after its result.
+
+``hand_back`` (any warm shutdown: SIGTERM, ``celery control shutdown``; see tasks.py) lets
+only the batch in its forward pass finish; every job not started goes back to its queue.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from services.common.logs import log_context
 from services.common.settings import WorkerSettings
 from services.gpu_worker import job_trace
 from services.gpu_worker.batcher import Batcher
-from services.gpu_worker.device import DevicePlan, default_threads
+from services.gpu_worker.device import DevicePlan, available_cpus, default_threads
+from services.gpu_worker.handback import HandBack
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.prepare import (
     Prepared,
@@ -34,6 +38,9 @@ from services.gpu_worker.store import Claim, JobStore, Outcome
 
 logger = logging.getLogger(__name__)
 
+# After a hand-back starts: the batch in its forward pass (at most the batch time limit),
+# storing it (at most store.HURRIED_STORE_S), then Celery's own close. Past this, exit.
+EXIT_MARGIN_S = 10.0
 # Failures that are ours, not the client's: each gets a log line (bad images do not).
 _SERVER_FAULTS = frozenset({"inference_error", "out_of_memory"})
 
@@ -49,6 +56,7 @@ class Runtime:
         store: JobStore,
         metrics: WorkerMetrics,
         worker_id: str,
+        handback: HandBack | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
@@ -56,6 +64,10 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self.worker_id = worker_id
+        self.handback = handback
+        self._handing_back = threading.Event()
+        self._running_jobs: frozenset[str] = frozenset()
+        self._claiming = threading.Event()  # the prepare thread holds claims not yet queued
         self.device_label = plan.label
         self.batcher: Batcher[WorkItem] = Batcher(
             settings.max_batch_size, settings.max_wait_ms / 1000.0
@@ -102,11 +114,76 @@ class Runtime:
         Interactive jobs are urgent: they join the next batch ahead of bulk jobs.
         """
         item = WorkItem(job_id, model)
-        if model not in self._served:
+        if model not in self._served or self._handing_back.is_set():
             item.release(requeue=True)
             return item
-        self.batcher.put(model, item, urgent=urgent)
+        try:
+            self.batcher.put(model, item, urgent=urgent)
+        except RuntimeError:  # closed by a hand-back meanwhile
+            item.release(requeue=True)
         return item
+
+    def hand_back(self) -> None:
+        """Start a warm shutdown: give back every job not in the forward pass, at once.
+
+        Jobs still in the batcher, and batches claimed and decoded but not started, go back
+        to the head of their queues (claimed ones unclaimed first, their delivery not
+        counted); the running batch finishes, is stored and acked. The process exits within
+        VISIONQ_BATCH_TIME_LIMIT_S + EXIT_MARGIN_S whatever happens.
+        """
+        if self._handing_back.is_set():
+            return
+        self._handing_back.set()
+        limit = self.settings.batch_time_limit_s + EXIT_MARGIN_S
+        guard = threading.Timer(limit, self._exit_now, args=(limit,))
+        guard.daemon = True
+        guard.start()
+        items = self.batcher.drain()
+        # Let the prepare thread give back what it is claiming now (it checks the flag
+        # before queueing a batch), then take what it queued before: a job still marked
+        # running here when its message goes back would be claimed elsewhere as a
+        # redelivery, counted twice.
+        deadline = time.monotonic() + 2.0
+        while self._claiming.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        claimed: list[WorkItem] = []
+        sentinel = False
+        while True:
+            try:
+                prepared = self._prepared.get_nowait()
+            except queue.Empty:
+                break
+            self._prepared.task_done()
+            if prepared is None:
+                sentinel = True  # the prepare thread has ended: the inference thread may too
+            else:
+                claimed += prepared.run_items + [item for item, _ in prepared.ended]
+        if sentinel:
+            self._prepared.put(None)
+        try:
+            self._give_back(claimed)
+            if self.handback is not None:
+                self.handback.restore_held(self.worker_id, keep_jobs=self._running_jobs)
+        except redis.RedisError as exc:
+            logger.warning("handing back through Redis failed (%s); kombu requeues them", exc)
+        for item in items + claimed:
+            item.release(requeue=True)  # a message already restored is not restored twice
+        logger.info(
+            "shutting down: handed back %d job(s); %d in the forward pass finish first",
+            len(items) + len(claimed),
+            len(self._running_jobs),
+        )
+        self.batcher.poke()
+
+    def _give_back(self, claimed: list[WorkItem]) -> None:
+        if claimed and self.handback is not None:
+            self.handback.unclaim(self.worker_id, [item.job_id for item in claimed])
+
+    @staticmethod
+    def _exit_now(limit: float) -> None:
+        logger.critical("still running %g s after the shutdown began; exiting", limit)
+        logging.shutdown()
+        os._exit(1)
 
     @property
     def served(self) -> dict[str, Served]:
@@ -127,6 +204,19 @@ class Runtime:
             prepared = self._prepared.get()
             if prepared is None:
                 return
+            # Published before the check, so a hand-back racing it keeps these messages.
+            self._running_jobs = frozenset(item.job_id for item in prepared.run_items)
+            if self._handing_back.is_set():  # claimed before the hand-back; not started
+                self._running_jobs = frozenset()
+                items = prepared.run_items + [item for item, _ in prepared.ended]
+                try:
+                    self._give_back(items)
+                except redis.RedisError as exc:
+                    logger.warning("unclaiming %d jobs failed: %s", len(items), exc)
+                for item in items:
+                    item.release(requeue=True)
+                self._prepared.task_done()
+                continue
             self._busy_since = time.monotonic()
             self._busy.set()
             try:
@@ -138,6 +228,7 @@ class Runtime:
                 logger.exception("inference loop failed; exiting so the jobs are redelivered")
                 os._exit(70)
             finally:
+                self._running_jobs = frozenset()
                 self._busy.clear()
                 self._prepared.task_done()
                 self.batcher.poke()
@@ -149,7 +240,7 @@ class Runtime:
 
         device, label = resolve_device(self.plan)
         self.device_label = label
-        torch_threads, decode_threads = default_threads(device.type, os.cpu_count())
+        torch_threads, decode_threads = default_threads(device.type, available_cpus())
         torch_threads = self.settings.torch_threads or torch_threads
         decode_threads = self.settings.decode_threads or decode_threads
         # Same thread sets the thread count, loads and runs the model (see FACTS: a forward
@@ -191,7 +282,12 @@ class Runtime:
                     outcome.result["random_weights"] = True
         outcomes += [outcome for _, outcome in prepared.ended]
         start = time.perf_counter()
-        stored = self.store.finish_until_stored(outcomes, self.settings.visibility_timeout_s)
+        stored = self.store.finish_until_stored(
+            outcomes,
+            self.worker_id,
+            self.settings.visibility_timeout_s,
+            hurry=self._handing_back.is_set,
+        )
         store_s = time.perf_counter() - start
         if stored and prepared.trace is not None:
             job_trace.finish(prepared, outcomes, (forward_start, forward_end), self.device_label)
@@ -249,36 +345,47 @@ class Runtime:
             # company; while a forward runs, jobs gather for up to MAX_WAIT_MS.
             got = self.batcher.next_batch(timeout=0.5, idle=self._idle)
             if got is None:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._handing_back.is_set():
                     self._prepared.put(None)
                     return
                 continue
             model, items = got
-            claim_start = job_trace.now_ns()
-            claims = self._claim([item.job_id for item in items])
-            claim_ns = (claim_start, job_trace.now_ns())
-            if claims is None:
-                for item in items:
-                    item.release(requeue=True)
-                continue
-            self._count_skipped(str(model), claims)
-            pairs = list(zip(items, claims, strict=True))
-            runnable = [(i, c) for i, c in pairs if c.verdict != "suspect"]
-            self._hand_over(str(model), runnable, claim_ns)
+            self._claiming.set()
+            try:
+                claim_start = job_trace.now_ns()
+                claims = self._claim([item.job_id for item in items])
+                claim_ns = (claim_start, job_trace.now_ns())
+                if claims is None:
+                    for item in items:
+                        item.release(requeue=True)
+                    continue
+                self._count_skipped(str(model), claims)
+                pairs = list(zip(items, claims, strict=True))
+                runnable = [(i, c) for i, c in pairs if c.verdict != "suspect"]
+                self._hand_over(str(model), runnable, claim_ns)
+            finally:
+                self._claiming.clear()
             # A redelivered job may be what killed the last worker. Claim and run it alone,
             # once everything claimed before it is stored, so that if it kills this worker
             # too no other job is in its hands (each death costs those jobs a delivery).
             for item, claim in pairs:
                 if claim.verdict == "suspect":
                     self._prepared.join()
-                    claim_start = job_trace.now_ns()
-                    solo = self._claim([item.job_id], solo=True)
-                    if solo is None:
+                    if self._handing_back.is_set():
                         item.release(requeue=True)
                         continue
-                    self._count_skipped(str(model), solo)
-                    claim_ns = (claim_start, job_trace.now_ns())
-                    self._hand_over(str(model), [(item, solo[0])], claim_ns)
+                    self._claiming.set()
+                    try:
+                        claim_start = job_trace.now_ns()
+                        solo = self._claim([item.job_id], solo=True)
+                        if solo is None:
+                            item.release(requeue=True)
+                            continue
+                        self._count_skipped(str(model), solo)
+                        claim_ns = (claim_start, job_trace.now_ns())
+                        self._hand_over(str(model), [(item, solo[0])], claim_ns)
+                    finally:
+                        self._claiming.clear()
 
     def _hand_over(
         self, model: str, pairs: list[tuple[WorkItem, Claim]], claim_ns: tuple[int, int]
@@ -301,8 +408,22 @@ class Runtime:
         )
         for item in skipped:
             item.release()
-        if prepared.run_items or prepared.ended:
-            self._prepared.put(prepared)
+        if not (prepared.run_items or prepared.ended):
+            return
+        while not self._handing_back.is_set():
+            try:
+                self._prepared.put(prepared, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        # Claimed while the worker began to shut down: give these back too, not started.
+        back = prepared.run_items + [item for item, _ in prepared.ended]
+        try:
+            self._give_back(back)
+        except redis.RedisError as exc:
+            logger.warning("unclaiming %d jobs failed: %s", len(back), exc)
+        for item in back:
+            item.release(requeue=True)
 
     def _claim(self, job_ids: list[str], solo: bool = False) -> list[Claim] | None:
         delay = 0.1
@@ -310,7 +431,7 @@ class Runtime:
             try:
                 return self.store.claim(job_ids, self.worker_id, solo=solo)
             except redis.RedisError as exc:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._handing_back.is_set():
                     return None
                 logger.warning("claiming %d jobs failed (%s); retrying", len(job_ids), exc)
                 time.sleep(delay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from models.handlers import Handler, HandlerOptions, make_handler
 from models.specs import ModelSpec
 from services.common.settings import WorkerSettings
 from services.gpu_worker.device import autocast_kwargs
-from services.gpu_worker.inference import ForwardFn, bucketed
+from services.gpu_worker.inference import ForwardFn, bucket_sizes, bucketed
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         background=settings.background_rgb,
         accepted_formats=tuple(settings.accepted_formats),
         fast_decode=settings.fast_decode,
+        weights_dtype=settings.autocast_dtype,
     )
 
 
@@ -71,11 +73,30 @@ def _warmup_image() -> bytes:
     return buf.getvalue()
 
 
+def warmup_sizes(device_type: str, max_batch_size: int, buckets: bool) -> list[int]:
+    """Batch sizes to run once before the worker reports ready.
+
+    On CUDA every shape the live traffic can bring is run once at start-up: the first call
+    of a shape pays cuDNN's algorithm search (``cudnn.benchmark``) and, compiled, a whole
+    Inductor compile -- on live traffic, under the batch watchdog, that can kill the worker
+    and brand its jobs as poison. With buckets those shapes are the buckets; without, every
+    size up to the maximum. On the CPU one small batch finds handler bugs early; nothing
+    is tuned per shape there.
+    """
+    if device_type != "cuda":
+        return [1]
+    return bucket_sizes(max_batch_size) if buckets else list(range(1, max_batch_size + 1))
+
+
 def wrap_handler(
     handler: Handler, spec: ModelSpec, settings: WorkerSettings, device: torch.device
 ) -> Served:
     """Wire autocast, buckets and fault injection around a set-up handler, and warm it up."""
     ac = autocast_kwargs(device.type, settings.autocast_dtype)
+    if device.type == "cuda":
+        # Shapes repeat (buckets, or at most max_batch_size sizes, each warmed below), so
+        # cuDNN's per-shape algorithm search pays for itself.
+        torch.backends.cudnn.benchmark = True
 
     def forward(items: list[Any]) -> list[Any]:
         batch = handler.collate(items)
@@ -90,7 +111,10 @@ def wrap_handler(
 
         logger.warning("FAULT INJECTION is on: images can kill or stall this worker (tests)")
         run, decode = faulty_forward(run), faulty_decoder(decode)
-    if settings.batch_buckets:
+    # A compiled model has static shapes (see models/handlers/tensors.py): buckets keep
+    # their number small.
+    buckets = settings.batch_buckets or settings.compile
+    if buckets:
         run = bucketed(run, settings.max_batch_size)
     served = Served(spec, handler, decode, run)
     # Warm-up: the first call is slow (allocations, lazy init); a failure here is a bug
@@ -100,7 +124,17 @@ def wrap_handler(
     except ValidationError:
         logger.info("model %s: its Params have required fields; no warm-up", spec.name)
         return served
-    forward([handler.decode(_warmup_image(), params)])
+    item = handler.decode(_warmup_image(), params)
+    sizes = warmup_sizes(device.type, settings.max_batch_size, buckets)
+    start = time.perf_counter()
+    for size in sizes:
+        forward([item] * size)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    logger.info(
+        "model %s warmed up for batch sizes %s in %.1f s", spec.name, sizes,
+        time.perf_counter() - start,
+    )  # fmt: skip
     return served
 
 

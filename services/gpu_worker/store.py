@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,8 @@ from services.common.jobs import Status, job_key
 from services.common.protocol.scripts import ClaimReply, JobEnd, claim_jobs, finish_jobs
 
 logger = logging.getLogger(__name__)
+
+HURRIED_STORE_S = 5.0  # how long a shutting-down worker retries storing its last batch
 
 
 Claim = ClaimReply  # what the claim script said about one job
@@ -59,21 +61,47 @@ class JobStore:
             solo=solo,
         )
 
-    def finish(self, outcomes: Sequence[Outcome]) -> None:
-        """Store every outcome, drop the images, wake waiters: one script call."""
-        ends = [JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings) for o in outcomes]
-        finish_jobs(self._client, ends, now=time.time(), result_ttl_s=self._result_ttl_s)
+    def finish(self, outcomes: Sequence[Outcome], worker: str) -> int:
+        """Store every outcome this worker still owns, drop the images, wake waiters.
 
-    def finish_until_stored(self, outcomes: Sequence[Outcome], stop_after_s: float) -> bool:
-        """Retry ``finish`` while Redis is away: a result not stored must not be acked."""
-        deadline = time.monotonic() + stop_after_s
+        One script call. Returns how many were stored; the others belong to another worker
+        now (this one was declared dead and came back) or had ended already.
+        """
+        ends = [JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings) for o in outcomes]
+        flags = finish_jobs(
+            self._client, ends, now=time.time(), result_ttl_s=self._result_ttl_s, worker=worker
+        )
+        stored = sum(flags)
+        if stored < len(outcomes):
+            logger.warning(
+                "%d of %d result(s) not stored: their jobs were claimed again elsewhere "
+                "or had ended",
+                len(outcomes) - stored,
+                len(outcomes),
+            )
+        return stored
+
+    def finish_until_stored(
+        self,
+        outcomes: Sequence[Outcome],
+        worker: str,
+        stop_after_s: float,
+        hurry: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Retry ``finish`` while Redis is away: a result not stored must not be acked.
+
+        ``hurry`` (the worker is shutting down) cuts the retries to a few seconds: the
+        message then stays unacked and the reaper hands it back.
+        """
+        start = time.monotonic()
         delay = 0.1
         while True:
             try:
-                self.finish(outcomes)
+                self.finish(outcomes, worker)
                 return True
             except redis.RedisError as exc:
-                if time.monotonic() > deadline:
+                spent = time.monotonic() - start
+                if spent > stop_after_s or (hurry() and spent > HURRIED_STORE_S):
                     logger.error("could not store %d results: %s", len(outcomes), exc)
                     return False
                 logger.warning("storing results failed (%s); retrying in %.1fs", exc, delay)

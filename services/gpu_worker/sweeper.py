@@ -3,10 +3,13 @@
 kombu's Redis transport pops a message (BRPOP) and only then records it in its ``unacked``
 hash; a worker (or Redis) that dies between the two loses the message, and the job would
 sit ``queued`` until its TTL. Every job waiting for its first claim is in ``vq:queued``.
-Now and then one worker (a Redis lock elects it) looks at the jobs that have waited longer
-than the visibility timeout: any whose message is neither in its queue nor in ``unacked``
-— twice, a second apart, so a message in flight is not mistaken for a lost one — is
-published again. A duplicate could only ever make a job run twice, never lose it.
+Every interval one worker (a Redis lock elects it; the holder keeps it from one run to
+the next) looks at the jobs that have waited longer than the grace: any whose message is
+neither in its queue nor in ``unacked`` — twice, a second apart, so a message in flight is
+not mistaken for a lost one — is published again. Only a dying consumer loses a message in
+that window, so after the reaper (reaper.py) declares a worker dead it asks for a prompt
+pass over every queued job (``sweep_soon``). A duplicate message could only make a job
+run twice, and store.py stores one result per job.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ logger = logging.getLogger(__name__)
 
 LOCK_KEY = SWEEPER_LOCK
 UNACKED_KEY = "unacked"  # kombu's default unacked_key
+PROMPT_GRACE_S = 2.0  # a prompt pass skips jobs a producer may still be publishing
+
+# KEYS[1]=lock. ARGV: owner, ttl ms. The holder renews its own lock (a lock living exactly
+# one interval made the holder find its own previous lock and skip a run in three).
+_LOCK_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 def _message_ids(raws: Iterable[bytes | str], nested: bool) -> set[str]:
@@ -53,6 +66,8 @@ class LostMessageSweeper:
         self._grace_s = grace_s
         self._interval_s = interval_s
         self._owner = owner
+        self._lock = client.register_script(_LOCK_LUA)
+        self._soon = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vq-sweeper", daemon=True)
 
@@ -63,12 +78,22 @@ class LostMessageSweeper:
     def stop(self) -> None:
         """Stop sweeping."""
         self._stop.set()
+        self._soon.set()
         self._thread.join(self._interval_s + 5)
 
+    def sweep_soon(self) -> None:
+        """Ask for a prompt pass over every queued job (a consumer just died)."""
+        self._soon.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while True:
+            self._soon.wait(self._interval_s)
+            if self._stop.is_set():
+                return
+            prompt = self._soon.is_set()
+            self._soon.clear()
             try:
-                self.sweep()
+                self.sweep(prompt=prompt)
             except (redis.RedisError, OSError) as exc:
                 logger.debug("sweep skipped: %s", exc)
 
@@ -92,13 +117,18 @@ class LostMessageSweeper:
         present |= _message_ids(self._client.hvals(UNACKED_KEY), nested=True)
         return {j: v for j, v in queued.items() if j not in present}
 
-    def sweep(self, now: float | None = None) -> list[str]:
-        """One pass; returns the ids whose message was published again."""
-        lock_ms = int(self._interval_s * 1000)
-        if not self._client.set(LOCK_KEY, self._owner, nx=True, px=max(lock_ms, 1000)):
+    def sweep(self, now: float | None = None, prompt: bool = False) -> list[str]:
+        """One pass; returns the ids whose message was published again.
+
+        A prompt pass skips the lock (the holder may be the worker that just died) and
+        looks at every job queued more than ``PROMPT_GRACE_S`` ago.
+        """
+        lock_ms = max(int(self._interval_s * 3000), 1000)  # another takes over after 3 runs
+        if not prompt and not self._lock(keys=[LOCK_KEY], args=[self._owner, lock_ms]):
             return []
         now = time.time() if now is None else now
-        raw = self._client.zrangebyscore(QUEUED_INDEX, "-inf", now - self._grace_s, 0, 500)
+        grace = PROMPT_GRACE_S if prompt else self._grace_s
+        raw = self._client.zrangebyscore(QUEUED_INDEX, "-inf", now - grace, 0, 500)
         candidates = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
         if not candidates:
             return []

@@ -1,10 +1,15 @@
-"""The Celery task: thin by design. It hands the job to the runtime and waits."""
+"""The Celery task: thin by design. It hands the job to the runtime and waits.
+
+The hand-back of a warm shutdown hangs off Celery's consumer blueprint (``HandBackStep``),
+so every warm shutdown uses it: SIGTERM, SIGINT, ``celery control shutdown``.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
 from services.common.jobs import INTERACTIVE, TASK_NAME
@@ -12,9 +17,40 @@ from services.common.logs import log_context
 from services.gpu_worker.runtime import Runtime
 from services.gpu_worker.task_states import JobFailed, finish_task
 
+logger = logging.getLogger(__name__)
+
+
+class HandBackStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """At a warm shutdown: stop consuming, then hand every job not started back at once.
+
+    Celery's consumer blueprint stops its steps in reverse order, this one first, before
+    the pool waits for its tasks; without it the pool would run every reserved job first.
+    A broker reconnect also restarts the blueprint (``stop`` with the blueprint still
+    running): that is not a shutdown, and nothing is handed back then.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.runtime: Runtime | None = None
+
+    def stop(self, parent: Any) -> None:
+        if parent.blueprint.state == bootsteps.RUN or self.runtime is None:
+            return
+        if parent.task_consumer is not None:
+            try:
+                parent.task_consumer.cancel()
+            except Exception as exc:  # the connection may be gone; the hand-back goes on
+                logger.debug("cancelling the task consumer failed: %s", exc)
+        self.runtime.hand_back()
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+
 
 def register_tasks(app: Celery, runtime: Runtime) -> None:
-    """Bind ``visionq.infer`` on ``app`` to this process's runtime."""
+    """Bind ``visionq.infer`` on ``app`` to this process's runtime; add the hand-back step."""
 
     # Bound, and throws JobFailed: the task ends as its job did (task_states.py).
     @app.task(  # type: ignore[untyped-decorator]
@@ -28,3 +64,10 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 # Not processed (shutting down, or Redis lost): give the message back intact.
                 raise Reject("not processed here", requeue=True)
             return finish_task(self, item, runtime.store)
+
+    class BoundHandBack(HandBackStep):
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.runtime = runtime
+
+    app.steps["consumer"].add(BoundHandBack)

@@ -64,3 +64,39 @@ def make_stack(fault_redis: RedisServer, models_file: Path, tmp_path: Path) -> I
     finally:
         for stack in made:
             stack.stop_all()
+
+
+# The tuned values stack_env sets for speed; a default-settings stack drops them all.
+TUNED = (
+    "VISIONQ_MAX_BATCH_SIZE",
+    "VISIONQ_MAX_WAIT_MS",
+    "VISIONQ_VISIBILITY_TIMEOUT_S",
+    "VISIONQ_BATCH_TIME_LIMIT_S",
+    "VISIONQ_UNACKED_RESTORE_INTERVAL_S",
+    "VISIONQ_HEARTBEAT_INTERVAL_S",
+    "VISIONQ_PREDICT_TIMEOUT_S",
+)
+
+
+@pytest.fixture()
+def default_stack(
+    fault_redis: RedisServer, models_file: Path, tmp_path: Path
+) -> Iterator[MakeStack]:
+    """Like ``make_stack``, but every reliability setting at its default."""
+    made: list[Stack] = []
+
+    def make(**overrides: str) -> Stack:
+        env = stack_env(models_file, VISIONQ_FAULT_INJECTION="1", **overrides)
+        for name in TUNED:
+            if name not in overrides:
+                env.pop(name, None)
+        stack = Stack(fault_redis.url, tmp_path / f"default{len(made)}", env)
+        stack.tmp.mkdir()
+        made.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in made:
+            stack.stop_all()

@@ -68,7 +68,7 @@ def test_inspect_then_remote_warm_shutdown_loses_nothing(make_stack: MakeStack) 
     assert len(stats) == 1, stats
     hostname, info = next(iter(stats.items()))
     assert info["pid"] == worker.popen.pid
-    assert info["pool"]["max-concurrency"] == 3 * 16  # the threads pool of the task waiters
+    assert info["pool"]["max-concurrency"] == 2 * 16  # task waiters: two batches (issue 9)
 
     # One slow batch in the forward pass, then more jobs behind it.
     slow = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=15"))))

@@ -90,6 +90,38 @@ def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
     assert after.json()["predictions"][0]["timings"]["deliveries"] == 1
 
 
+def test_a_sticky_cuda_error_ends_the_worker_and_spares_its_batch_mates(
+    make_stack: MakeStack,
+) -> None:
+    # A CUDA context broken by one batch breaks every later one: the worker must leave (its
+    # jobs are redelivered) instead of failing the batch item by item as inference_error.
+    stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
+    stack.start_api()
+    worker = stack.start_worker(models=TEST_MODEL)
+    stack.wait_ready()
+    good = [(f"g{i}.jpg", jpeg(i, (96, 96))) for i in range(3)]
+    ids = submit(stack.url, files(("bad.jpg", fault_jpeg("cuda_error")), *good))
+    assert worker.popen.wait(90) == 70  # left at once; not a crash loop of its own making
+    statuses = [httpx.get(f"{stack.url}/v1/jobs/{i}").json() for i in ids]
+    assert not any(r["status"] == "failed" for r in statuses), statuses
+    # Redelivered, every job of the dead batch is suspect and runs alone: the bad one
+    # takes down each worker that runs it (exit 70 again) until it is refused as
+    # worker_lost; its batch-mates succeed on the restarted workers.
+    worker = stack.start_worker(models=TEST_MODEL)  # as a supervisor would
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        records = [httpx.get(f"{stack.url}/v1/jobs/{i}").json() for i in ids]
+        if all(r["status"] in ("succeeded", "failed") for r in records):
+            break
+        if not worker.alive():
+            assert worker.popen.returncode == 70
+            worker = stack.start_worker(models=TEST_MODEL)
+        time.sleep(0.2)
+    records = wait_jobs(stack.url, ids, timeout=5)
+    assert [r["status"] for r in records[1:]] == ["succeeded"] * len(good)
+    assert records[0]["error"]["code"] == "worker_lost"
+
+
 def test_job_past_its_deadline_is_expired_not_run(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.start_api()

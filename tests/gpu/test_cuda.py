@@ -72,12 +72,14 @@ def test_gpu_jpeg_decode_is_close_to_the_cpu_path() -> None:
     Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
     data = buf.getvalue()
     device = torch.device("cuda:0")
-    on_gpu = make_gpu_decoder(PRE, 40_000_000, device)(data)
-    assert isinstance(on_gpu, torch.Tensor) and on_gpu.device.type == "cuda"
+    pending = make_gpu_decoder(PRE, 40_000_000, device)(data)
     on_cpu = decode_and_preprocess(data, PRE, max_pixels=40_000_000)
-    diff = np.abs(on_gpu.cpu().numpy().astype(int) - on_cpu.astype(int))
+    batch = stack_batch([pending, on_cpu, pending], device)
+    assert isinstance(batch, torch.Tensor) and batch.device.type == "cuda"
+    assert batch.shape == (3, 3, 224, 224)
+    diff = np.abs(batch[0].cpu().numpy().astype(int) - on_cpu.astype(int))
     assert diff.mean() < 8  # different resamplers, same picture
-    assert stack_batch([on_gpu, on_cpu], device).shape == (2, 3, 224, 224)
+    assert torch.equal(batch[1].cpu(), torch.from_numpy(on_cpu))
 
 
 def test_compile_with_buckets_runs() -> None:
@@ -119,13 +121,14 @@ def test_every_task_runs_under_autocast_on_cuda(name: str) -> None:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_gpu_decode_applies_exif_orientation(orientation: int) -> None:
     from models.preprocess import decode_and_preprocess
-    from services.gpu_worker.gpu_decode import make_gpu_decoder
+    from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
     from tests.images import make_image
     from tests.real_world import exif_bytes, save
 
     # Not square, so a missed rotation changes the crop, not just the pixel order.
     data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
-    on_gpu = make_gpu_decoder(PRE, 40_000_000, torch.device("cuda:0"))(data)
+    pending = make_gpu_decoder(PRE, 40_000_000, torch.device("cuda:0"))(data)
+    on_gpu = stack_batch([pending], torch.device("cuda:0"))[0]
     assert isinstance(on_gpu, torch.Tensor) and on_gpu.device.type == "cuda"
     on_cpu = decode_and_preprocess(data, PRE, max_pixels=40_000_000)
     diff = np.abs(on_gpu.cpu().numpy().astype(int) - on_cpu.astype(int))
@@ -133,12 +136,13 @@ def test_gpu_decode_applies_exif_orientation(orientation: int) -> None:
 
 
 def test_gpu_decode_sends_thin_and_appended_jpegs_through_safe_paths() -> None:
-    from services.gpu_worker.gpu_decode import make_gpu_decoder
+    from services.gpu_worker.gpu_decode import make_gpu_decoder, stack_batch
     from tests.images import make_image
     from tests.real_world import save
 
-    decode = make_gpu_decoder(PRE, 40_000_000, torch.device("cuda:0"))
+    device = torch.device("cuda:0")
+    decode = make_gpu_decoder(PRE, 40_000_000, device)
     thin = save(make_image(1, (400, 40)).resize((10, 4000)), "JPEG")
     assert isinstance(decode(thin), np.ndarray)  # the CPU path resamples only the crop
     appended = save(make_image(2, (320, 240)), "JPEG") + b"\x00ftypmp42" + b"\x17" * 100_000
-    assert decode(appended).shape == (3, 224, 224)
+    assert stack_batch([decode(appended)], device).shape == (1, 3, 224, 224)

@@ -118,3 +118,15 @@ def test_urgent_items_jump_ahead_of_bulk_ones() -> None:
     b.put("m", "interactive", urgent=True)
     assert b.next_batch(0) == ("m", ["interactive", "bulk0", "bulk1"])
     assert b.next_batch(0) == ("m", ["bulk2", "bulk3", "bulk4"])
+
+
+def test_drain_takes_everything_and_closes() -> None:
+    b: Batcher[str] = Batcher(2, max_wait_s=10.0)
+    b.put("a", "a1")
+    b.put("b", "b1")
+    b.put("a", "a2", urgent=True)
+    assert sorted(b.drain()) == ["a1", "a2", "b1"]
+    assert b.pending() == 0
+    assert b.next_batch(timeout=0) is None  # nothing is handed out after a hand-back
+    with pytest.raises(RuntimeError):
+        b.put("a", "late")

@@ -186,11 +186,14 @@ def test_transparent_colour_in_a_grey_png_is_flattened() -> None:
 def test_gpu_decode_path_runs_on_the_cpu_device_too(orientation: int) -> None:
     # make_gpu_decoder's torchvision path (decode_jpeg, orient, resize, crop) on CPU tensors:
     # the same picture the same way up as the PIL path (resamplers differ slightly).
-    from services.gpu_worker.gpu_decode import make_gpu_decoder
+    from services.gpu_worker.gpu_decode import PendingJpeg, make_gpu_decoder, stack_batch
 
     data = save(make_image(4, (640, 400)), "JPEG", quality=92, exif=exif_bytes(orientation))
-    decoded = make_gpu_decoder(PRE, LIMIT, torch.device("cpu"))(data)
-    assert isinstance(decoded, torch.Tensor)
+    pending = make_gpu_decoder(PRE, LIMIT, torch.device("cpu"))(data)
+    assert isinstance(pending, PendingJpeg)  # decoded with its batch, in one call
+    batch = stack_batch([pending, pending], torch.device("cpu"))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (2, 3, 224, 224)
+    decoded = batch[0]
     on_cpu = decode_and_preprocess(data, PRE, max_pixels=LIMIT).astype(int)
     assert np.abs(decoded.numpy().astype(int) - on_cpu).mean() < 4
     upright = decode_and_preprocess(save(make_image(4, (640, 400)), "JPEG"), PRE, max_pixels=LIMIT)

@@ -100,10 +100,28 @@ def test_nvml_finds_the_pinned_gpu_by_uuid_then_physical_index(
 ) -> None:
     fake = _FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     read = nvml_util_reader("1234-abcd", 2)
     assert read is not None
     assert read() == pytest.approx(0.37)
-    assert fake.asked == ["GPU-1234-abcd", 2]
+    # A MIG instance's CUDA UUID is known to NVML as MIG-<uuid>: tried before giving up.
+    assert fake.asked == ["GPU-1234-abcd", "MIG-1234-abcd", 2]
+
+
+def test_nvml_finds_a_mig_instance_by_its_mig_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
+    class MigNvml(_FakeNvml):
+        def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:  # noqa: N802
+            self.asked.append(uuid)
+            if uuid == "MIG-5f1c-77aa":
+                return "handle-2"
+            raise self.NVMLError("unknown uuid")
+
+    fake = MigNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    read = nvml_util_reader("5f1c-77aa", None)  # pinned by UUID: no physical index
+    assert read is not None and read() == pytest.approx(0.37)
+    assert fake.asked == ["GPU-5f1c-77aa", "MIG-5f1c-77aa"]
 
 
 def test_every_series_a_panel_or_alert_reads_exists_at_zero_without_created() -> None:

@@ -135,12 +135,14 @@ def test_finish_stores_once_drops_images_and_publishes(server: RedisServer, clie
     pubsub = client.pubsub()
     pubsub.subscribe(DONE_CHANNEL)
     pubsub.get_message(timeout=1)
-    store.finish(
+    stored = store.finish(
         [
             Outcome("a", Status.SUCCEEDED, result={"x": 1}, timings={"batch_size": 2}),
             Outcome("b", Status.FAILED, error={"code": "invalid_image", "message": "bad"}),
-        ]
+        ],
+        "w1",  # the claims' owner: only it may store (issue 9's fencing)
     )
+    assert stored == 2
     a = JobRecord.from_hash("a", client.hgetall(job_key("a")))
     b = JobRecord.from_hash("b", client.hgetall(job_key("b")))
     assert (a.status, a.result, a.timings) == ("succeeded", {"x": 1}, {"batch_size": 2})

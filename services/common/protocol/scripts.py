@@ -45,8 +45,7 @@ SUBMIT_LUA = _text("submit", ends_jobs=False)
 CLAIM_LUA = _text("claim", ends_jobs=True, allow_oom=True)
 FINISH_LUA = _text("finish", ends_jobs=True, allow_oom=True)
 CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
-HEARTBEAT_LUA = _text("heartbeat", ends_jobs=False)  # the files carry their own flag
-KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)
+KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)  # the files carry their own flag
 KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 
@@ -145,15 +144,22 @@ def _json(value: dict[str, Any] | None) -> str:
     return "" if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def finish_jobs(client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int) -> None:
-    """Store every outcome, drop the images, wake the waiters: one call per batch."""
+def finish_jobs(
+    client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int, worker: str
+) -> list[bool]:
+    """Store every outcome ``worker`` still owns, drop the images, wake the waiters.
+
+    One call per batch; per job, whether it was stored (see lua/finish.lua: a job claimed
+    again elsewhere, or already ended, is not).
+    """
     if not ends:
-        return
+        return []
     keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs([e.job_id for e in ends])]
-    args: list[Any] = [now, result_ttl_s]
+    args: list[Any] = [now, result_ttl_s, worker]
     for end in ends:
         args += [end.job_id, end.status, _json(end.result), _json(end.error), _json(end.timings)]
-    client.register_script(FINISH_LUA)(keys=keys, args=args)
+    raw = client.register_script(FINISH_LUA)(keys=keys, args=args)
+    return [bool(int(flag)) for flag in raw]
 
 
 async def cancel_jobs(
@@ -180,11 +186,6 @@ async def take_token(
         keys=[RATE_LIMIT_PREFIX + bucket], args=[interval_ms, tolerance_ms]
     )
     return bool(int(allowed)), int(wait_ms)
-
-
-def beat(client: redis.Redis, key: str, info_json: str, *, ttl_ms: int) -> None:
-    """Write a worker's heartbeat, even while Redis is full (allow-oom)."""
-    client.register_script(HEARTBEAT_LUA)(keys=[key], args=[info_json, ttl_ms])
 
 
 def kombu_append(

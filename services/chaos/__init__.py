@@ -1,0 +1,1 @@
+"""``visionq chaos``: faults injected into a live local cluster under load, then checked."""

@@ -1,0 +1,131 @@
+"""Give a worker's messages back to their queues: at its own shutdown, or after its death.
+
+A worker's channel records every delivery tag it holds in ``vq:held:<worker id>``
+(broker.py). Handing back moves each held message from kombu's ``unacked`` hash to the
+head of its queue, the way kombu's own restore does, but guarded: a tag is moved only if it
+is still in ``unacked`` (one Lua call removes and pushes), so a hand-back racing an ack,
+kombu's visibility sweep or a second reaper restores each message at most once.
+
+A job the holder had already claimed but not started is "unclaimed" first (back to
+``queued``, its delivery not counted), so the next worker claims it as a fresh job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import redis
+from kombu.utils.json import dumps, loads
+
+from services.common.jobs import QUEUED_INDEX, job_key
+
+logger = logging.getLogger(__name__)
+
+UNACKED_KEY = "unacked"  # kombu's default unacked_key
+UNACKED_INDEX_KEY = "unacked_index"  # and unacked_index_key
+WORKERS_INDEX = "vq:workers"  # ids of the workers that may hold messages
+
+
+def held_key(worker_id: str) -> str:
+    """Set of the delivery tags a worker holds."""
+    return f"vq:held:{worker_id}"
+
+
+def fence_key(worker_id: str) -> str:
+    """Present once a worker was declared dead: it may neither beat nor store again."""
+    return f"vq:fenced:{worker_id}"
+
+
+# KEYS[1]=unacked, KEYS[2]=unacked index, KEYS[3]=held set, KEYS[3+i]=queue of message i.
+# ARGV: (tag, payload) pairs. Returns how many messages went back to their queue.
+_RESTORE_LUA = """
+local n = 0
+for i = 1, #KEYS - 3 do
+  local tag = ARGV[2*i - 1]
+  if redis.call('HDEL', KEYS[1], tag) == 1 then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('RPUSH', KEYS[3 + i], ARGV[2*i])
+    n = n + 1
+  end
+  redis.call('SREM', KEYS[3], tag)
+end
+return n
+"""
+
+# KEYS[1]=queued index, then job keys. ARGV[1]=worker, ARGV[2]=now, then job ids.
+# A job this worker claimed but never ran goes back to queued, its delivery not counted.
+_UNCLAIM_LUA = """
+local n = 0
+for i = 2, #KEYS do
+  local st, w = unpack(redis.call('HMGET', KEYS[i], 'status', 'worker'))
+  if st == 'running' and w == ARGV[1] then
+    redis.call('HSET', KEYS[i], 'status', 'queued')
+    redis.call('HDEL', KEYS[i], 'worker', 'started')
+    redis.call('HINCRBY', KEYS[i], 'deliveries', -1)
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def _job_of(message: dict[str, Any]) -> str:
+    return str(message.get("headers", {}).get("id", ""))
+
+
+class HandBack:
+    """The two Redis moves of a hand-back, each one atomic."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._restore = client.register_script(_RESTORE_LUA)
+        self._unclaim = client.register_script(_UNCLAIM_LUA)
+
+    def restore_held(self, worker_id: str, keep_jobs: Collection[str] = ()) -> list[str]:
+        """Put the worker's held messages back at the head of their queues.
+
+        Messages of ``keep_jobs`` (the batch still in its forward pass) stay held: their
+        worker acks them once stored. Returns the job ids whose message went back.
+        """
+        key = held_key(worker_id)
+        tags = sorted(t.decode() if isinstance(t, bytes) else str(t)
+                      for t in self._client.smembers(key))  # fmt: skip
+        if not tags:
+            return []
+        raws = self._client.hmget(UNACKED_KEY, tags)
+        queues: list[str] = []
+        args: list[str] = []
+        jobs: list[str] = []
+        gone: list[str] = []
+        for tag, raw in zip(tags, raws, strict=True):
+            if raw is None:
+                gone.append(tag)  # acked meanwhile: only the set entry is left
+                continue
+            message, _exchange, routing_key = loads(raw)  # type: ignore[no-untyped-call]
+            if _job_of(message) in keep_jobs:
+                continue
+            # As kombu's own restore marks it; our queues are declared with routing key ==
+            # queue name (Celery's create_missing_queues), so the routing key is the queue.
+            message.setdefault("headers", {})["redelivered"] = True
+            message.get("properties", {}).get("delivery_info", {})["redelivered"] = True
+            queues.append(str(routing_key))
+            args += [tag, dumps(message)]  # type: ignore[no-untyped-call]
+            jobs.append(_job_of(message))
+        if gone:
+            self._client.srem(key, *gone)
+        if not queues:
+            return []
+        self._restore(keys=[UNACKED_KEY, UNACKED_INDEX_KEY, key, *queues], args=args)
+        return jobs
+
+    def unclaim(self, worker_id: str, job_ids: Iterable[str]) -> int:
+        """Return jobs this worker claimed but did not start to ``queued``; how many moved."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        keys = [QUEUED_INDEX, *(job_key(j) for j in ids)]
+        return int(self._unclaim(keys=keys, args=[worker_id, time.time(), *ids]))

@@ -199,3 +199,11 @@ def kombu_append(
 def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:
     """kombu's queue binding (both binding sets), even while Redis is full."""
     client.register_script(KOMBU_BIND_LUA)(keys=[table, permanent], args=[member])
+
+
+SET_ADD_LUA = _text("set_add", ends_jobs=False)
+
+
+def set_add(client: redis.Redis, key: str, member: str) -> None:
+    """SADD one member, even while Redis is full (allow-oom)."""
+    client.register_script(SET_ADD_LUA)(keys=[key], args=[member])

@@ -13,13 +13,13 @@ from starlette.middleware.cors import CORSMiddleware
 from models.handlers import params_class
 from models.specs import load_registry
 from services.api.deps import require_access
-from services.api.errors import install_error_handlers
+from services.api.errors import ErrorShieldMiddleware, install_error_handlers
 from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import API_METRICS, MetricsMiddleware
 from services.api.metrics_server import scrape, start_metrics_server
 from services.api.ratelimit import RateLimiter
 from services.api.routes import batches, health, jobs, models, submit, ui
-from services.api.state import ApiState, make_async_redis
+from services.api.state import ApiState, check_redis_memory, make_async_redis
 from services.api.waiter import ResultWaiter
 from services.common import logs, tracing
 from services.common.celery_app import make_celery
@@ -53,6 +53,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         client = make_async_redis(settings)
         waiter = ResultWaiter(client)
         state = ApiState(settings, client, make_celery(settings), waiter, registry)
+        state.queue_max_bytes = settings.queue_max_bytes or 0
+        # An evicting Redis stops start-up here; one that is down is checked by /readyz.
+        if not await check_redis_memory(state):
+            logger.warning("Redis does not answer yet; its eviction policy is checked later")
         app.state.visionq = state
         if settings.rate_limit_per_minute:
             app.state.rate_limiter = RateLimiter(client, settings.rate_limit_per_minute)
@@ -94,6 +98,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(ui.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware)
+    # Outside the body limit and metrics: nothing that escapes them becomes a plain 500.
+    app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:
         # Outermost, so refusals (401, 413, 429) carry the headers a browser needs to read them.
         # Keys travel in headers, never cookies: credentials stay off.

@@ -35,7 +35,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Why a submit was refused (the `reason` label): the error code of the answer.
-REJECT_REASONS = ("queue_full", "invalid_image", "payload_too_large", "unsupported_media_type")
+REJECT_REASONS = (
+    "queue_full",
+    "storage_full",
+    "invalid_image",
+    "payload_too_large",
+    "unsupported_media_type",
+)
 
 # From a cached GET (about 1 ms) to a /v1/predict that waits for a slow batch (60 s).
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 
 from models.specs import ModelSpec
 from services.api.waiter import ResultWaiter
+from services.common.redis_memory import aread_memory
 from services.common.settings import ApiSettings
 
 
@@ -23,6 +24,10 @@ class ApiState:
     celery: Celery
     waiter: ResultWaiter
     registry: dict[str, ModelSpec]
+    # The submit path's byte budget (VISIONQ_QUEUE_MAX_BYTES, else derived from Redis's
+    # maxmemory once read); 0 = none. ``memory_checked``: the eviction policy was read.
+    queue_max_bytes: int = 0
+    memory_checked: bool = False
 
 
 def make_async_redis(settings: ApiSettings) -> aioredis.Redis:
@@ -35,3 +40,19 @@ def make_async_redis(settings: ApiSettings) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         max_connections=256,
     )
+
+
+async def check_redis_memory(state: ApiState) -> bool:
+    """Read Redis's eviction policy and maxmemory once (start-up, else first /readyz).
+
+    Sets the submit path's byte budget. False while Redis does not answer; raises
+    ConfigError on an evicting policy while VISIONQ_REDIS_POLICY_CHECK is on.
+    """
+    if state.memory_checked:
+        return True
+    memory = await aread_memory(state.redis, check=state.settings.redis_policy_check)
+    if memory is None:
+        return False
+    state.queue_max_bytes = memory.queue_max_bytes(state.settings.queue_max_bytes)
+    state.memory_checked = True
+    return True

@@ -76,6 +76,10 @@ class ResultWaiter:
             except TimeoutError:
                 await self._recheck([j for j, e in events.items() if not e.is_set()])
 
+    async def recheck(self, job_ids: list[str]) -> None:
+        """Wake the waiters of jobs that already ended (or are gone) without an event."""
+        await self._recheck(job_ids)
+
     async def _recheck(self, job_ids: list[str]) -> None:
         if not job_ids:
             return

@@ -34,6 +34,12 @@ _HEADER = (
 )
 
 # Every service gets the broker URL from the one password; nothing secret is written here.
+# Redis's memory budget: maxmemory at 75% of the container's limit. The rest covers what
+# Redis holds outside its dataset: the AOF rewrite's copy-on-write pages, client buffers and
+# allocator fragmentation. noeviction: at the budget Redis refuses writes, and visionq answers
+# 429/503 instead of losing queued jobs; the API's byte budget stops submits at 80% of it.
+_REDIS_MEM_LIMIT = "2g"
+_REDIS_MAXMEMORY = "1536mb"
 _REDIS_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0"
 _SHARED_ENV = {
     "VISIONQ_REDIS_URL": _REDIS_URL,
@@ -114,8 +120,9 @@ def compose_services(gpus: int) -> dict[str, Any]:
                 "sh",
                 "-c",
                 'exec redis-server --requirepass "$$REDIS_PASSWORD" --appendonly yes'
-                " --maxmemory-policy noeviction",
+                f" --maxmemory {_REDIS_MAXMEMORY} --maxmemory-policy noeviction",
             ],
+            "mem_limit": _REDIS_MEM_LIMIT,
             "environment": {"REDIS_PASSWORD": "${REDIS_PASSWORD:?set REDIS_PASSWORD}"},
             "volumes": ["redis-data:/data"],
             "restart": "unless-stopped",

@@ -8,9 +8,12 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from services.common.settings import ApiSettings
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -67,6 +70,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host, port = settings.metrics_address
         uses.append(PortUse(host, port, "API metrics", "VISIONQ_METRICS_BIND"))
     check_ports(uses)
+    _refuse_evicting_redis(settings)
     _fresh_multiproc_dir(args.workers)
     app = "services.api.app:create_app"
     options: dict[str, Any] = {
@@ -98,6 +102,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     return 0 if server.started else 3  # 3: uvicorn's own code for a failed start-up
+
+
+def _refuse_evicting_redis(settings: ApiSettings) -> None:
+    """Exit 2 with the reason when Redis would evict jobs (a Redis that is down is fine)."""
+    import redis
+
+    from services.common.redis_memory import read_memory
+
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+    )
+    try:
+        read_memory(client, check=settings.redis_policy_check)
+    finally:
+        client.close()
 
 
 def _fresh_multiproc_dir(workers: int) -> Path | None:

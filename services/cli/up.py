@@ -44,13 +44,27 @@ def _probe_url(host: str, port: int) -> str:
     return f"http://{probe}:{port}"
 
 
+def _workers_reason(client: httpx.Client, url: str) -> str | None:
+    try:
+        resp = client.get(f"{url}/v1/models")
+        if resp.status_code != 200:
+            return None  # API keys on: /readyz alone decides
+        models = resp.json().get("models", [])
+    except (httpx.HTTPError, ValueError):
+        return None
+    if any(m.get("live_workers", 0) for m in models):
+        return None
+    return "no worker serves a model yet (loading)"
+
+
 def _readyz_reason(client: httpx.Client, url: str) -> str | None:
     try:
         resp = client.get(f"{url}/readyz")
     except httpx.HTTPError as exc:
         return f"API not answering ({type(exc).__name__})"
     if resp.status_code == 200:
-        return None
+        # /readyz means "can queue work"; `up` also waits for its own workers to serve.
+        return _workers_reason(client, url)
     try:
         body = resp.json()
         err = body.get("error", body) if isinstance(body, dict) else body

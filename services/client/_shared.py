@@ -6,6 +6,7 @@ import email.utils
 import mimetypes
 import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,18 @@ FileInput = str | os.PathLike[str] | tuple[str, bytes]
 Parts = list[tuple[str, tuple[str, bytes, str]]]
 
 RETRY_STATUSES = frozenset({429, 503})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_headers() -> dict[str, str]:
+    """A fresh Idempotency-Key for one submitting call, sent again on each of its retries.
+
+    With it the server creates the jobs at most once, so a POST whose answer was lost (a read
+    timeout, a dropped connection) is safe to send again.
+    """
+    return {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+
+
 # File name endings of every format the server may accept (compare lower-cased); the server
 # decides by content (415 for a format it does not accept).
 IMAGE_SUFFIXES = frozenset(

@@ -14,6 +14,7 @@ import httpx
 
 from services.client._shared import (
     DEFAULT_URL,
+    IDEMPOTENCY_HEADER,
     RETRY_STATUSES,
     FileInput,
     RetryPolicy,
@@ -22,6 +23,7 @@ from services.client._shared import (
     chunks,
     file_parts,
     form_fields,
+    idempotency_headers,
     json_body,
     refusals,
 )
@@ -83,6 +85,13 @@ class AsyncClient:
                     raise TransportError(f"{method} {path}: {exc}") from exc
                 await asyncio.sleep(self.retry.delay(attempt, None))
                 continue
+            except httpx.TransportError as exc:
+                # Sent but unanswered: only a request with an Idempotency-Key (the same one on
+                # every attempt) may be sent again, as the server then creates nothing twice.
+                if last or IDEMPOTENCY_HEADER not in kwargs.get("headers", {}):
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt, None))
+                continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code in RETRY_STATUSES and not last:
@@ -112,6 +121,7 @@ class AsyncClient:
             "/v1/predict",
             files=file_parts(files),
             data=form_fields(model, top_k, timeout, params),
+            headers=idempotency_headers(),
             **kwargs,
         )
         body = json_body(resp)
@@ -132,6 +142,7 @@ class AsyncClient:
             "/v1/jobs",
             files=file_parts(files),
             data=form_fields(model, top_k, params=params),
+            headers=idempotency_headers(),
         )
         return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
@@ -187,6 +198,7 @@ class AsyncClient:
                         "/v1/batches",
                         files=file_parts(part),
                         data=form_fields(model, top_k, params=params),
+                        headers=idempotency_headers(),
                     )
                     body = json_body(resp)
                     batch_id = str(body["batch_id"])
@@ -232,8 +244,10 @@ class AsyncClient:
         return await self.batch(batch_id)
 
     async def _add(self, batch_id: str, files: Sequence[FileInput]) -> dict[str, Any]:
+        path = f"/v1/batches/{batch_id}/files"
+        headers = idempotency_headers()
         return json_body(
-            await self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files))
+            await self._request("POST", path, files=file_parts(files), headers=headers)
         )
 
     async def batch(self, batch_id: str) -> BatchStatus:

@@ -13,6 +13,7 @@ import httpx
 
 from services.client._shared import (
     DEFAULT_URL,
+    IDEMPOTENCY_HEADER,
     RETRY_STATUSES,
     FileInput,
     RetryPolicy,
@@ -21,6 +22,7 @@ from services.client._shared import (
     chunks,
     file_parts,
     form_fields,
+    idempotency_headers,
     json_body,
     refusals,
 )
@@ -82,6 +84,13 @@ class Client:
                     raise TransportError(f"{method} {path}: {exc}") from exc
                 time.sleep(self.retry.delay(attempt, None))
                 continue
+            except httpx.TransportError as exc:
+                # Sent but unanswered: only a request with an Idempotency-Key (the same one on
+                # every attempt) may be sent again, as the server then creates nothing twice.
+                if last or IDEMPOTENCY_HEADER not in kwargs.get("headers", {}):
+                    raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt, None))
+                continue
             except httpx.HTTPError as exc:
                 raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code in RETRY_STATUSES and not last:
@@ -111,6 +120,7 @@ class Client:
             "/v1/predict",
             files=file_parts(files),
             data=form_fields(model, top_k, timeout, params),
+            headers=idempotency_headers(),
             **kwargs,
         )
         body = json_body(resp)
@@ -131,6 +141,7 @@ class Client:
             "/v1/jobs",
             files=file_parts(files),
             data=form_fields(model, top_k, params=params),
+            headers=idempotency_headers(),
         )
         return [JobRef.from_json(j) for j in json_body(resp)["jobs"]]
 
@@ -186,6 +197,7 @@ class Client:
                         "/v1/batches",
                         files=file_parts(part),
                         data=form_fields(model, top_k, params=params),
+                        headers=idempotency_headers(),
                     )
                     body = json_body(resp)
                     batch_id = str(body["batch_id"])
@@ -231,9 +243,10 @@ class Client:
         return self.batch(batch_id)
 
     def _add(self, batch_id: str, files: Sequence[FileInput]) -> dict[str, Any]:
-        return json_body(
-            self._request("POST", f"/v1/batches/{batch_id}/files", files=file_parts(files))
-        )
+        path = f"/v1/batches/{batch_id}/files"
+        headers = idempotency_headers()
+        resp = self._request("POST", path, files=file_parts(files), headers=headers)
+        return json_body(resp)
 
     def batch(self, batch_id: str) -> BatchStatus:
         """A batch's progress: total, succeeded, failed, cancelled, pending."""

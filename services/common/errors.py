@@ -9,12 +9,14 @@ Hierarchy::
     ├── ModelNotFound            404 model_not_found
     ├── JobNotFound              404 job_not_found
     ├── JobConflict              409 job_not_cancellable
+    ├── IdempotencyConflict      409 idempotency_conflict
     ├── PayloadTooLarge          413 payload_too_large
     ├── UnsupportedMediaType     415 unsupported_media_type
     ├── RequestInvalid           422 validation_error
     ├── QueueFull                429 queue_full (Retry-After)
     ├── RateLimited              429 rate_limited (Retry-After)
     ├── BrokerUnavailable        503 broker_unavailable
+    ├── StorageFull              503 storage_full (Retry-After)
     └── Timeout                  504 timeout
 """
 
@@ -77,6 +79,13 @@ class JobConflict(VisionqError):
     code = "job_not_cancellable"
 
 
+class IdempotencyConflict(VisionqError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    status = 409
+    code = "idempotency_conflict"
+
+
 class PayloadTooLarge(VisionqError):
     """The body, a file or an image's pixel count exceeds a limit."""
 
@@ -125,6 +134,17 @@ class BrokerUnavailable(VisionqError):
 
     status = 503
     code = "broker_unavailable"
+
+
+class StorageFull(VisionqError):
+    """Redis refused a write: it reached its maxmemory (noeviction)."""
+
+    status = 503
+    code = "storage_full"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class Timeout(VisionqError):

@@ -32,6 +32,21 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 _NO_RETRY = Retry(NoBackoff(), 0)
 _START_ATTEMPTS = 3  # a free port can be taken by someone else before redis binds it
+_MAXMEMORY_CAP = 2 * 1024**3
+
+
+def default_maxmemory() -> int:
+    """maxmemory of an embedded Redis: a quarter of this machine's RAM, at most 2 GiB.
+
+    With no maxmemory, Redis grows until the kernel's OOM killer ends it (and every queued
+    job with it). A quarter leaves the machine to the API and workers it runs next to; 2 GiB
+    holds the default 10,000-job queue of ~150 KB photos with room for their records.
+    """
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return _MAXMEMORY_CAP
+    return int(min(_MAXMEMORY_CAP, total // 4))
 
 
 class RedisServerError(RuntimeError):
@@ -97,7 +112,9 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         start_timeout_s: float = 10.0,
+        maxmemory: int | None = None,
     ) -> None:
+        """``maxmemory`` in bytes (None: :func:`default_maxmemory`); always ``noeviction``."""
         self._requested_port = port
         self._port = port
         self.appendonly = appendonly
@@ -107,6 +124,7 @@ class RedisServer:
         self.extra_args = tuple(extra_args)
         self.binary = binary
         self.start_timeout_s = start_timeout_s
+        self.maxmemory = default_maxmemory() if maxmemory is None else maxmemory
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -216,6 +234,7 @@ class RedisServer:
             "--dir", str(self.dir),
             "--logfile", str(self.log_path),
             "--daemonize", "no",
+            "--maxmemory", str(self.maxmemory),
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "yes",
         ]  # fmt: skip

@@ -58,6 +58,11 @@ class CommonSettings(BaseSettings):
     queue_max_depth: int = Field(10000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    redis_policy_check: bool = Field(
+        True,
+        description="refuse to start on a Redis whose maxmemory-policy evicts keys; turn off "
+        "only for a managed Redis that hides CONFIG and is known to run noeviction",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line, with job and batch ids"
@@ -150,6 +155,12 @@ class ApiSettings(CommonSettings):
     forwarded_allow_ips: CommaList = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],
         description="proxy addresses or networks (CIDR) trusted for X-Forwarded-For",
+    )
+    queue_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Redis used_memory (bytes) past which submits get 429 queue_full; "
+        "unset: 80% of Redis's maxmemory when it has one; 0: no byte limit",
     )
     run_token: str = Field(
         "", max_length=64, description="set by visionq up; /healthz echoes it (process identity)"

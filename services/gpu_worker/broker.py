@@ -11,6 +11,15 @@ Redis and come back through the visibility-timeout sweep, and a job that already
 result is acked on redelivery without running again (see claim.lua), so nothing is lost or
 run twice.
 
+A Redis at its ``maxmemory`` (noeviction) refuses kombu's writes too: the queue binding
+made at start-up (the worker exited with "Unrecoverable error") and the unacked record of
+each delivered message (written after the message left its list: a refusal would lose it).
+Both are tiny and go through ``allow-oom`` scripts here. Redis also refuses every command
+queued in a MULTI while it is full, even reads and deletions, so the queue-size read of
+``queue_declare`` and the ack's two deletions run as plain (non-transactional) pipelines:
+neither needs atomicity. So a worker starts and drains a full Redis; the periodic unacked
+sweep just skips its turn while Redis is full.
+
 It also records which worker holds which message: every delivery tag a worker's channel
 adds to kombu's ``unacked`` hash is added, in the same pipeline, to that worker's set
 ``vq:held:<worker id>`` and removed with it at ack. Redis's ``unacked`` entries say nothing
@@ -22,11 +31,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
+
+from services.common.protocol.scripts import kombu_append, kombu_bind
 
 logger = logging.getLogger(__name__)
 
@@ -41,22 +55,37 @@ def record_holdings(key: str | None) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """QoS whose Redis bookkeeping tolerates a channel whose connection was dropped."""
+    """QoS whose Redis bookkeeping tolerates a dropped connection and a full Redis."""
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        # kombu's own transactions (restore_by_tag) pass their pipe; ack and reject don't.
+        if pipe is not None:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as conn:
+                yield conn.pipeline(transaction=False)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        try:
+            return super().restore_visible(start, num, interval)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            logger.info("Redis is full: the unacked sweep skips this turn")
+            return None
 
     def append(self, message: Any, delivery_tag: Any) -> None:
-        key = _held_key
-        if key is None:
-            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
-            return
+        # One allow-oom script: the message already left its list, so a write refused by a
+        # full Redis would lose it; the holder set (when on) is written in the same call.
         delivery = message.delivery_info
         raw = dumps(  # type: ignore[no-untyped-call]
             [message._raw, delivery["exchange"], delivery["routing_key"]]
         )
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(self.unacked_key, delivery_tag, raw)
-            pipe.sadd(key, delivery_tag)
-            pipe.execute()
+        keys = [self.unacked_index_key, self.unacked_key]
+        if _held_key is not None:
+            keys.append(_held_key)
+        with self.channel.conn_or_acquire() as client:
+            now = time.time()
+            kombu_append(client, keys, delivery_time=now, tag=delivery_tag, message_json=raw)
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
@@ -97,9 +126,27 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
-    """Redis channel using the tolerant QoS."""
+    """Redis channel using the tolerant QoS; binds queues even while Redis is full."""
 
     QoS = QoS
+
+    def _size(self, queue: str) -> int:
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))  # type: ignore[no-untyped-call]
+            return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            # The same two set members kombu writes (the fanout marking above already ran).
+            member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+            table = self.keyprefix_queue % (exchange,)
+            permanent = self.keyprefix_binding_permanent % (exchange,)
+            with self.conn_or_acquire() as client:
+                kombu_bind(client, table, permanent, member=member)
 
 
 class Transport(kombu_redis.Transport):

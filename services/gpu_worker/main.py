@@ -31,13 +31,35 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     import redis
+
+    from services.common.redis_memory import read_memory
+    from services.common.settings import get_worker_settings
+
+    # Redis first, before the heavy imports and the model load: a wrong password or an
+    # evicting Redis stops the worker in a second with the reason.
+    settings = get_worker_settings()
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=max(settings.redis_timeout_s, 5.0),
+        health_check_interval=10,
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        # Retrying can't fix credentials: stop with the reason instead of looping.
+        raise ConfigError(f"VISIONQ_REDIS_URL: Redis refused the credentials ({exc})") from exc
+    except redis.RedisError:
+        pass  # not up yet: Celery and the runtime retry until it is
+    # An evicting Redis would drop the jobs this worker is to run: refuse it (ConfigError).
+    read_memory(client, check=settings.redis_policy_check)
+
     from prometheus_client import start_http_server
 
     from models.specs import load_registry
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
     from services.common.ports import PortUse, describe_taken
-    from services.common.settings import get_worker_settings
     from services.gpu_worker.broker import TRANSPORT_PATH, record_holdings
     from services.gpu_worker.gpu_stats import start_gpu_sampler
     from services.gpu_worker.handback import HandBack, held_key
@@ -49,7 +71,6 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.gpu_worker.sweeper import LostMessageSweeper
     from services.gpu_worker.tasks import register_tasks
 
-    settings = get_worker_settings()
     update: dict[str, object] = {"worker_index": index}
     if models:
         update["models"] = models
@@ -66,19 +87,6 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
 
     tracing.setup("visionq-worker")  # off unless OTEL_* ask for it
 
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_timeout=max(settings.redis_timeout_s, 5.0),
-        health_check_interval=10,
-    )
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        # Retrying can't fix credentials: stop with the reason instead of looping.
-        raise ConfigError(f"VISIONQ_REDIS_URL: Redis refused the credentials ({exc})") from exc
-    except redis.RedisError:
-        pass  # not up yet: Celery and the runtime retry until it is
     # Unique per process start: a restarted container has the same host name and often the
     # same PID (1), and must not inherit the fence of the process it replaces.
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}:{secrets.token_hex(3)}"

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import redis
 
 from services.common.jobs import worker_key
+from services.common.protocol.scripts import set_add
 from services.gpu_worker.handback import WORKERS_INDEX, HandBack, fence_key, held_key
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Reaper:
 
     def register(self) -> None:
         """Announce this worker as a holder of messages (after its first heartbeat)."""
-        self._client.sadd(WORKERS_INDEX, self._me)
+        set_add(self._client, WORKERS_INDEX, self._me)  # allow-oom: starts on a full Redis
 
     def deregister(self) -> None:
         """Leave the index once everything held was acked or handed back."""

@@ -96,11 +96,16 @@ class Stack:
         return self._spawn("worker", args, extra)
 
     def wait_ready(self, procs: Iterable[Proc] = (), timeout: float = 120.0) -> None:
-        """Until /readyz says a worker serves the default model."""
+        """Until /readyz is 200 and every worker watched says it consumes (Celery's "ready.").
+
+        /readyz no longer waits for workers (jobs queue while workers scale from zero), so a
+        test that needs a serving worker waits for the worker itself.
+        """
         watched = list(procs) or self.procs
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._get("/readyz") == 200:
+            workers = [p for p in watched if p.name == "worker"]
+            if self._get("/readyz") == 200 and all(" ready." in p.log_tail(10**6) for p in workers):
                 return
             for proc in watched:
                 if not proc.alive():

@@ -196,3 +196,52 @@ def test_chunks_bound_count_and_bytes() -> None:
     assert [len(c) for c in chunks(items, 100, max_bytes=25)] == [2, 2, 2, 1]
     assert [len(c) for c in chunks([("big", b"x" * 50), *items[:1]], 10, max_bytes=25)] == [1, 1]
     assert chunks([], 3) == []
+
+
+def _keys_of(answers: list[Callable[[httpx.Request], httpx.Response]]) -> tuple[Handler, list[str]]:
+    keys: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key", ""))
+        return answers[min(len(keys), len(answers)) - 1](request)
+
+    return handler, keys
+
+
+def _lost(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("the answer was lost", request=request)
+
+
+def test_each_submitting_call_has_one_key_reused_on_every_retry() -> None:
+    busy = _error(503, "storage_full", {"Retry-After": "0"})
+    handler, keys = _keys_of([lambda _: busy, _lost, lambda _: httpx.Response(200, json=_OK)])
+    policy = RetryPolicy(retries=3, backoff_s=0.0)
+    with Client("http://x", retry=policy, transport=httpx.MockTransport(handler)) as client:
+        client.predict([("a.jpg", b"x")])
+        assert len(keys) == 3 and len(set(keys)) == 1 and len(keys[0]) >= 16
+        client.predict([("a.jpg", b"x")])
+    assert keys[3] != keys[0]  # a new call is a new request
+
+
+def test_async_client_sends_keys_alike() -> None:
+    handler, keys = _keys_of([_lost, lambda _: httpx.Response(202, json={"jobs": []})])
+
+    async def go() -> None:
+        policy = RetryPolicy(retries=2, backoff_s=0.0)
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://x", retry=policy, transport=transport) as client:
+            await client.submit([("a.jpg", b"x")])
+
+    asyncio.run(go())
+    assert len(keys) == 2 and keys[0] == keys[1] != ""
+
+
+def test_a_lost_answer_without_a_key_is_not_sent_again() -> None:
+    handler, keys = _keys_of([_lost])
+    policy = RetryPolicy(retries=3, backoff_s=0.0)
+    with (
+        Client("http://x", retry=policy, transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(TransportError),
+    ):
+        client.cancel_job("0" * 32)  # DELETE: no key, so the client cannot know it is safe
+    assert len(keys) == 1

@@ -17,7 +17,13 @@ from redis.retry import Retry
 
 from services.common import redis_server as rs
 from services.common.errors import ConfigError
-from services.common.redis_server import RedisServer, RedisServerError, find_redis_server, free_port
+from services.common.redis_server import (
+    RedisServer,
+    RedisServerError,
+    default_maxmemory,
+    find_redis_server,
+    free_port,
+)
 
 NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -46,6 +52,10 @@ def test_start_ping_stop_removes_process_and_tmp_dir() -> None:
         client = server.client()
         assert client.ping()
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        # A budget below the machine's memory, never "no limit" (0).
+        maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+        assert maxmemory == default_maxmemory()
+        assert 0 < maxmemory <= 2 * 1024**3
         assert client.config_get("appendonly")["appendonly"] == "no"
         pid, data_dir = server.pid, server.dir
         assert pid is not None and data_dir.is_dir() and server.log_path.exists()

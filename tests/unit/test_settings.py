@@ -107,3 +107,20 @@ def test_forwarded_allow_ips_take_addresses_networks_or_star(
     monkeypatch.setenv("VISIONQ_FORWARDED_ALLOW_IPS", "ingress.local")
     with pytest.raises(ConfigError, match="VISIONQ_FORWARDED_ALLOW_IPS"):
         get_api_settings()
+
+
+def test_redis_memory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ApiSettings()
+    assert s.redis_policy_check is True and s.queue_max_bytes is None
+    monkeypatch.setenv("VISIONQ_REDIS_POLICY_CHECK", "false")
+    monkeypatch.setenv("VISIONQ_QUEUE_MAX_BYTES", "1000000")
+    s = ApiSettings()
+    assert s.redis_policy_check is False and s.queue_max_bytes == 1_000_000
+    monkeypatch.setenv("VISIONQ_QUEUE_MAX_BYTES", "-1")
+    with pytest.raises(ConfigError, match="VISIONQ_QUEUE_MAX_BYTES"):
+        get_api_settings()
+    monkeypatch.setenv("VISIONQ_QUEUE_MAX_BYTES", "0")
+    monkeypatch.setenv("VISIONQ_REDIS_POLICY_CHECK", "maybe")
+    get_api_settings.cache_clear()
+    with pytest.raises(ConfigError, match="VISIONQ_REDIS_POLICY_CHECK"):
+        get_api_settings()

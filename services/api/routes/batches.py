@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.api.deps import StateDep
+from services.api.idempotency import Idempotency, idempotency_of
 from services.api.records import fetch_records, fetch_statuses
 from services.api.schemas import (
     UPLOAD_ERRORS,
@@ -79,10 +80,19 @@ def _ttl(state: ApiState) -> int:
     return state.settings.job_ttl_s + state.settings.result_ttl_s
 
 
-async def _add(state: ApiState, batch_id: str, form: SubmitForm) -> int:
-    """Queue the form's files on the bulk lane and record them as members; the new total."""
+async def _add(
+    state: ApiState, batch_id: str, form: SubmitForm, idem: Idempotency | None = None
+) -> tuple[int, str]:
+    """Queue the form's files on the bulk lane and record them as members.
+
+    Returns the batch's new total and its id: an Idempotency-Key retry adds nothing and
+    answers with the batch the first request used.
+    """
     job_ids = new_job_ids(len(form.files))
-    await submit(state, form, job_ids, lane=BULK)
+    earlier = await submit(state, form, job_ids, lane=BULK, idem=idem, batch_id=batch_id)
+    if earlier is not None:
+        first = str(earlier["batch_id"])
+        return int(await state.redis.llen(batch_members_key(first))), first
     pipe = state.redis.pipeline(transaction=True)
     pipe.rpush(batch_members_key(batch_id), *job_ids)
     pipe.expire(batch_members_key(batch_id), _ttl(state))
@@ -92,7 +102,7 @@ async def _add(state: ApiState, batch_id: str, form: SubmitForm) -> int:
     if cancelled:
         # A DELETE ran while these were being stored: it could not see them, so do its work.
         await _cancel(state, job_ids)
-    return int(total)
+    return int(total), batch_id
 
 
 async def _ids(state: ApiState, batch_id: str, offset: int = 0) -> AsyncIterator[list[str]]:
@@ -144,16 +154,20 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
     batch_id = uuid.uuid4().hex
     meta: list[str | int | float] = ["model", form.model, "params", form.params_json]
     meta += ["created", time.time()]
     await state.redis.hset(batch_key(batch_id), items=meta)
     await state.redis.expire(batch_key(batch_id), _ttl(state))
     try:
-        total = await _add(state, batch_id, form)
+        total, first = await _add(state, batch_id, form, idem)
     except BaseException:
         await state.redis.delete(batch_key(batch_id))
         raise
+    if first != batch_id:  # a retry: the batch made by the first request stands
+        await state.redis.delete(batch_key(batch_id))
+        batch_id = first
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
     body["status_url"] = f"/v1/batches/{batch_id}"
     body["refused"] = [r.to_api() for r in form.refused]
@@ -173,7 +187,8 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
         raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
     form = await read_form(request, state.settings, state.registry, model=meta["model"])
     form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
-    total = await _add(state, batch_id, form)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    total, _ = await _add(state, batch_id, form, idem)
     refused = [r.to_api() for r in form.refused]
     return {"batch_id": batch_id, "added": len(form.files), "total": total, "refused": refused}
 

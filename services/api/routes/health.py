@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -12,8 +10,9 @@ from starlette.exceptions import HTTPException
 
 from services.api.deps import StateDep
 from services.api.metrics_server import scrape
-from services.api.records import live_workers
 from services.api.schemas import Health, NotReady, Ready, error_responses
+from services.api.state import check_redis_memory
+from services.common.errors import ConfigError
 
 router = APIRouter(tags=["health"])
 
@@ -27,20 +26,31 @@ async def healthz(state: StateDep) -> dict[str, str]:
     return body
 
 
+# A tiny write with a TTL: a Redis that answers PING but refuses writes (maxmemory reached,
+# a read-only replica) cannot queue work, so the API is not ready.
+_PROBE_KEY = "vq:readyz:probe"
+_PROBE_TTL_MS = 5000
+
+
 @router.get("/readyz", response_model=Ready, responses={503: {"model": NotReady}})
 async def readyz(state: StateDep) -> JSONResponse:
-    """200 when Redis answers and a live worker serves the default model; else 503 why."""
-    model = state.settings.default_model
+    """200 when Redis answers and accepts writes; else 503 with the reason.
+
+    No live worker is needed: jobs queue while workers scale from zero. Worker availability
+    is in GET /v1/models and the visionq_live_workers metric.
+    """
     try:
-        await state.redis.ping()
-        workers = await live_workers(state.redis)
+        await check_redis_memory(state)
+        await state.redis.set(_PROBE_KEY, b"1", px=_PROBE_TTL_MS)
+    except ConfigError as exc:
+        return _not_ready(exc.message)
+    except redis.exceptions.OutOfMemoryError:
+        return _not_ready("Redis refuses writes: it reached its maxmemory (noeviction)")
+    except redis.exceptions.ReadOnlyError:
+        return _not_ready("Redis refuses writes: it is a read-only replica")
     except (redis.RedisError, OSError) as exc:
         return _not_ready(f"Redis does not answer: {exc}")
-    serving = [w for w in workers if model in w.get("models", [])]
-    if not serving:
-        return _not_ready(f"no live worker serves the default model {model!r}")
-    body: dict[str, Any] = {"status": "ready", "default_model": model, "workers": len(workers)}
-    return JSONResponse(body)
+    return JSONResponse({"status": "ready", "default_model": state.settings.default_model})
 
 
 def _not_ready(reason: str) -> JSONResponse:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.api.deps import StateDep
+from services.api.idempotency import idempotency_of
 from services.api.records import fetch_records
 from services.api.schemas import UPLOAD_ERRORS, JobsAccepted, PredictResponse, error_responses
 from services.api.submit import check_model, new_job_ids, submit
@@ -52,10 +53,17 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
     """Upload images and wait for their results (504 with the job ids when not in time)."""
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
     job_ids = new_job_ids(len(form.files))
     events = state.waiter.register(job_ids)
     try:
-        await submit(state, form, job_ids)
+        earlier = await submit(state, form, job_ids, idem=idem)
+        if earlier is not None:
+            # A retry: wait for the first request's jobs (they may have ended already).
+            state.waiter.unregister(events)
+            job_ids = list(earlier["job_ids"])
+            events = state.waiter.register(job_ids)
+            await state.waiter.recheck(job_ids)
         timeout = form.timeout or state.settings.predict_timeout_s
         try:
             finished = await state.waiter.wait(events, timeout)
@@ -108,8 +116,11 @@ async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
     """Upload images and get job ids to poll."""
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
+    idem = idempotency_of(request, form, bool(state.settings.key_digests))
     job_ids = new_job_ids(len(form.files))
-    await submit(state, form, job_ids)
+    earlier = await submit(state, form, job_ids, idem=idem)
+    if earlier is not None:
+        job_ids = list(earlier["job_ids"])  # a retry: the first request's jobs, nothing new
     base = str(request.base_url).rstrip("/")
     ids = iter(job_ids)
     jobs = [

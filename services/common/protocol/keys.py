@@ -8,6 +8,8 @@ their first claim. Queues are kombu's lists ``gpu.<model>`` and ``gpu.<model>.bu
 
 from __future__ import annotations
 
+import hashlib
+
 DONE_CHANNEL = "vq:done"  # pub/sub: ids of jobs that just ended
 QUEUED_INDEX = "vq:queued"  # zset: job id -> when it was (re)published, until claimed
 WORKER_PATTERN = "vq:worker:*"
@@ -59,3 +61,9 @@ def job_pairs(job_ids: list[str]) -> list[str]:
     for job_id in job_ids:
         keys += [job_key(job_id), image_key(job_id)]
     return keys
+
+
+def idempotency_key(scope: str, route: str, key: str) -> str:
+    """Redis key of an Idempotency-Key's record: per API-key scope and per route path."""
+    digest = hashlib.sha256(f"{route}\n{key}".encode()).hexdigest()
+    return f"vq:idem:{scope}:{digest}"

@@ -4,6 +4,12 @@ Scripts live as ``lua/*.lua`` files; the ones that end jobs are prefixed with
 ``lua/finish_fn.lua``, the one place that says what ending a job means. Every key a script
 touches is passed in KEYS (see keys.py), so a Redis Cluster with hash tags could run them.
 Each call goes through ``register_script`` (EVALSHA, falling back to EVAL once per server).
+
+The scripts a full Redis must still run (``maxmemory`` reached, ``noeviction``) start with
+``#!lua flags=allow-oom``: ending, claiming and cancelling jobs, the rate-limit bucket, the
+heartbeat and kombu's delivery bookkeeping each write a few bytes so that the backlog can
+drain, and each finished job frees its image. Submitting never has the flag: it is what
+must stop first when memory runs out (services/common/redis_memory.py).
 """
 
 from __future__ import annotations
@@ -26,15 +32,21 @@ from services.common.protocol.keys import (
 _LUA = Path(__file__).with_name("lua")
 
 
-def _text(name: str, ends_jobs: bool) -> str:
+_ALLOW_OOM = "#!lua flags=allow-oom\n"  # must be the script's first line
+
+
+def _text(name: str, ends_jobs: bool, allow_oom: bool = False) -> str:
     body = (_LUA / f"{name}.lua").read_text()
-    return ((_LUA / "finish_fn.lua").read_text() + body) if ends_jobs else body
+    text = ((_LUA / "finish_fn.lua").read_text() + body) if ends_jobs else body
+    return _ALLOW_OOM + text if allow_oom else text
 
 
 SUBMIT_LUA = _text("submit", ends_jobs=False)
-CLAIM_LUA = _text("claim", ends_jobs=True)
-FINISH_LUA = _text("finish", ends_jobs=True)
-CANCEL_LUA = _text("cancel", ends_jobs=True)
+CLAIM_LUA = _text("claim", ends_jobs=True, allow_oom=True)
+FINISH_LUA = _text("finish", ends_jobs=True, allow_oom=True)
+CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
+KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)  # the files carry their own flag
+KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 
 @dataclass(frozen=True)
@@ -58,14 +70,26 @@ async def submit_jobs(
     params_json: str,
     deadline: float | None,
     lane: str,
-) -> int:
-    """Store the jobs' records and images; -1 (nothing stored) when the queue is too deep."""
+    max_bytes: int = 0,
+    idempotency: tuple[str, str] | None = None,
+) -> int | bytes:
+    """Store the jobs' records and images, or nothing: -1 when the queue is too deep, -2
+    when Redis's used memory plus the images would pass ``max_bytes`` (0: no such limit).
+
+    ``idempotency`` is (key, record): the record is stored under the key with the jobs; when
+    the key is already there, the stored record (bytes) comes back and nothing is written.
+    Raises ``redis.exceptions.OutOfMemoryError`` when Redis itself refuses the write.
+    """
     keys = [queue, QUEUED_INDEX, *job_pairs([j.job_id for j in jobs])]
     args: list[Any] = [max_depth, job_ttl_s, model, created, params_json]
     args += ["" if deadline is None else deadline, lane]
+    args += [idempotency[1] if idempotency else "", max_bytes]
     for job in jobs:
         args += [job.job_id, job.filename, job.image]
-    return int(await client.register_script(SUBMIT_LUA)(keys=keys, args=args))
+    if idempotency is not None:
+        keys.append(idempotency[0])
+    reply = await client.register_script(SUBMIT_LUA)(keys=keys, args=args)
+    return reply if isinstance(reply, bytes) else int(reply)
 
 
 @dataclass(frozen=True)
@@ -149,7 +173,9 @@ async def cancel_jobs(
     return [int(x) for x in raw]
 
 
-RATE_LIMIT_LUA = _text("rate_limit", ends_jobs=False)
+# allow-oom: one small key per API key; reading results and cancelling must keep working
+# (and drain the backlog) while Redis is at its maxmemory.
+RATE_LIMIT_LUA = _text("rate_limit", ends_jobs=False, allow_oom=True)
 
 
 async def take_token(
@@ -160,3 +186,24 @@ async def take_token(
         keys=[RATE_LIMIT_PREFIX + bucket], args=[interval_ms, tolerance_ms]
     )
     return bool(int(allowed)), int(wait_ms)
+
+
+def kombu_append(
+    client: redis.Redis, keys: list[str], *, delivery_time: float, tag: str, message_json: str
+) -> None:
+    """kombu's unacked record of a delivered message (``keys``: index zset, hash, and
+    optionally a set of the tags one worker holds), even while Redis is full."""
+    client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=[delivery_time, tag, message_json])
+
+
+def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:
+    """kombu's queue binding (both binding sets), even while Redis is full."""
+    client.register_script(KOMBU_BIND_LUA)(keys=[table, permanent], args=[member])
+
+
+SET_ADD_LUA = _text("set_add", ends_jobs=False)
+
+
+def set_add(client: redis.Redis, key: str, member: str) -> None:
+    """SADD one member, even while Redis is full (allow-oom)."""
+    client.register_script(SET_ADD_LUA)(keys=[key], args=[member])

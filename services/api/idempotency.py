@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials
 
 from services.api.deps import presented_key
 from services.api.uploads import SubmitForm
@@ -73,5 +74,16 @@ def idempotency_of(
             f"header.{HEADER}: must be 1 to {MAX_KEY_CHARS} characters (got {len(key)})"
         )
     # Per API key: two tenants may pick the same key without seeing each other's jobs.
-    scope = hashlib.sha256(presented_key(request).encode()).hexdigest()[:32] if keys_on else "-"
+    scope = hashlib.sha256(_api_key(request).encode()).hexdigest()[:32] if keys_on else "-"
     return Idempotency(idempotency_key(scope, request.url.path, key), fingerprint(form, extra))
+
+
+def _api_key(request: Request) -> str:
+    """The API key this request presents, read as the auth dependency reads it."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    bearer = (
+        HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
+        if scheme.lower() == "bearer" and credentials
+        else None
+    )
+    return presented_key(bearer, request.headers.get("X-API-Key"))

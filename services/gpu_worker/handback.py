@@ -21,6 +21,7 @@ import redis
 from kombu.utils.json import dumps, loads
 
 from services.common.jobs import QUEUED_INDEX, job_key
+from services.common.protocol.scripts import script_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +40,9 @@ def fence_key(worker_id: str) -> str:
     return f"vq:fenced:{worker_id}"
 
 
-# KEYS[1]=unacked, KEYS[2]=unacked index, KEYS[3]=held set, KEYS[3+i]=queue of message i.
-# ARGV: (tag, payload) pairs. Returns how many messages went back to their queue.
-_RESTORE_LUA = """
-local n = 0
-for i = 1, #KEYS - 3 do
-  local tag = ARGV[2*i - 1]
-  if redis.call('HDEL', KEYS[1], tag) == 1 then
-    redis.call('ZREM', KEYS[2], tag)
-    redis.call('RPUSH', KEYS[3 + i], ARGV[2*i])
-    n = n + 1
-  end
-  redis.call('SREM', KEYS[3], tag)
-end
-return n
-"""
+_RESTORE_LUA = script_text("handback_restore")
 
-# KEYS[1]=queued index, then job keys. ARGV[1]=worker, ARGV[2]=now, then job ids.
-# A job this worker claimed but never ran goes back to queued, its delivery not counted.
-_UNCLAIM_LUA = """
-local n = 0
-for i = 2, #KEYS do
-  local st, w = unpack(redis.call('HMGET', KEYS[i], 'status', 'worker'))
-  if st == 'running' and w == ARGV[1] then
-    redis.call('HSET', KEYS[i], 'status', 'queued')
-    redis.call('HDEL', KEYS[i], 'worker', 'started')
-    redis.call('HINCRBY', KEYS[i], 'deliveries', -1)
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i + 1])
-    n = n + 1
-  end
-end
-return n
-"""
+_UNCLAIM_LUA = script_text("handback_unclaim")
 
 
 def _job_of(message: dict[str, Any]) -> str:

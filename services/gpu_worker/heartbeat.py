@@ -19,17 +19,12 @@ from typing import Any
 import redis
 
 from services.common.jobs import worker_key
+from services.common.protocol.scripts import script_text
 from services.gpu_worker.handback import fence_key
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1]=heartbeat key, KEYS[2]=fence key. ARGV: value, ttl ms. 0 when fenced.
-# allow-oom: a worker draining a full Redis must not be taken for dead (a few hundred bytes).
-_BEAT_LUA = """#!lua flags=allow-oom
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
+_BEAT_LUA = script_text("heartbeat")
 
 
 class Heartbeat:

@@ -26,6 +26,7 @@ from celery import Celery
 
 from services.common.jobs import QUEUED_INDEX, TASK_NAME, job_key, queue_name
 from services.common.protocol.keys import SWEEPER_LOCK
+from services.common.protocol.scripts import script_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,7 @@ LOCK_KEY = SWEEPER_LOCK
 UNACKED_KEY = "unacked"  # kombu's default unacked_key
 PROMPT_GRACE_S = 2.0  # a prompt pass skips jobs a producer may still be publishing
 
-# KEYS[1]=lock. ARGV: owner, ttl ms. The holder renews its own lock (a lock living exactly
-# one interval made the holder find its own previous lock and skip a run in three).
-_LOCK_LUA = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
+_LOCK_LUA = script_text("sweeper_lock")
 
 
 def _message_ids(raws: Iterable[bytes | str], nested: bool) -> set[str]:

@@ -41,6 +41,11 @@ def _text(name: str, ends_jobs: bool, allow_oom: bool = False) -> str:
     return _ALLOW_OOM + text if allow_oom else text
 
 
+def script_text(name: str) -> str:
+    """The text of ``lua/<name>.lua`` (for the worker's own scripts: heartbeat, hand-back...)."""
+    return _text(name, ends_jobs=False)
+
+
 SUBMIT_LUA = _text("submit", ends_jobs=False)
 CLAIM_LUA = _text("claim", ends_jobs=True, allow_oom=True)
 FINISH_LUA = _text("finish", ends_jobs=True, allow_oom=True)

@@ -31,6 +31,9 @@ class ChildSpec:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     restart: bool = True
+    # Children stop in stages, lowest first, each stage waited for before the next: the API
+    # (stage 0) finishes the requests it is serving while the workers (stage 1) still run.
+    stop_stage: int = 1
 
 
 @dataclass
@@ -213,11 +216,15 @@ class Supervisor:
         return 0
 
     def stop(self) -> None:
-        """SIGTERM every child's process group, wait up to stop_timeout_s, then SIGKILL."""
+        """Stop every child, stage by stage: SIGTERM, wait up to stop_timeout_s, SIGKILL."""
         self._stop.set()
-        live = [c.proc for c in self._children if c.proc is not None]
         for child in self._children:
             child.restart_at = None
+        for stage in sorted({c.spec.stop_stage for c in self._children}):
+            self._stop_all([c for c in self._children if c.spec.stop_stage == stage])
+
+    def _stop_all(self, children: list[_Child]) -> None:
+        live = [c.proc for c in children if c.proc is not None]
         for proc in live:
             self._kill_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -231,7 +238,7 @@ class Supervisor:
                 proc.wait()
             else:
                 self._kill_group(proc.pid, signal.SIGKILL)  # leftovers in its group
-        for child in self._children:
+        for child in children:
             child.proc = None
 
     @staticmethod

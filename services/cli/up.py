@@ -175,7 +175,11 @@ def run_up(
         env = {"VISIONQ_REDIS_URL": redis_url}
         api_argv = [sys.executable, "-m", "services.cli.main", "api"]
         api_env = {**env, "VISIONQ_RUN_TOKEN": run_token}
-        sup.add(ChildSpec("api", [*api_argv, "--host", host, "--port", str(port)], api_env))
+        sup.add(
+            ChildSpec(
+                "api", [*api_argv, "--host", host, "--port", str(port)], api_env, stop_stage=0
+            )
+        )
         for index, gpu in enumerate(plan):
             spec = worker_spec(index, gpu)
             sup.add(ChildSpec(spec.name, spec.argv, {**spec.env, **env}))

@@ -117,6 +117,31 @@ def test_stop_terminates_kills_stubborn_and_grandchildren(tmp_path: Path) -> Non
     assert sup.exits == []  # stopping is not a crash
 
 
+def test_stop_ends_the_front_stage_before_the_back_stage_gets_sigterm(tmp_path: Path) -> None:
+    # The API (stage 0) must finish the requests it serves while the workers still run:
+    # the worker writes the time its SIGTERM came, the API the time it exited.
+    log = tmp_path / "order"
+    child = (
+        "import signal, sys, time\n"
+        "name, linger = sys.argv[1], float(sys.argv[2])\n"
+        "def bye(*_):\n"
+        "    time.sleep(linger)\n"
+        f"    open({str(log)!r}, 'a').write(f'{{name}} {{time.monotonic()}}\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        f"open({str(tmp_path)!r} + '/' + name, 'w').write('1')\n"
+        "time.sleep(60)\n"
+    )
+    sup = Supervisor(stop_timeout_s=10)
+    sup.add(ChildSpec("worker", [PY, "-c", child, "worker", "0"]))
+    sup.add(ChildSpec("api", [PY, "-c", child, "api", "0.5"], stop_stage=0))
+    _wait_file(tmp_path / "worker")
+    _wait_file(tmp_path / "api")
+    sup.stop()
+    ended = [line.split()[0] for line in log.read_text().splitlines()]
+    assert ended == ["api", "worker"]
+
+
 def test_run_returns_zero_on_sigterm_and_children_die_with_killed_supervisor(
     tmp_path: Path,
 ) -> None:

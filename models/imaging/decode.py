@@ -41,6 +41,7 @@ Color = tuple[int, int, int]
 WHITE: Color = (255, 255, 255)
 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
 _ORIENTATION_TAG = 0x0112
 # PIL's transpose for each EXIF orientation (TIFF 6.0 / EXIF 2.32 tag 274).
 _TRANSPOSE = {
@@ -132,6 +133,10 @@ def _open(
     listed = ", ".join(accepted)
     fmt = sniff_format(data)
     if fmt is None:
+        if data[:4] in (b"II+\x00", b"MM\x00+"):
+            # BigTIFF (64-bit offsets): Pillow reads it, but the structure walk that bounds
+            # the API's cost knows classic TIFF only.
+            raise UnsupportedMediaType(f"BigTIFF is not accepted; save as TIFF or send {listed}")
         raise UnsupportedMediaType(f"not an image; send {listed}")
     if fmt not in accepted or fmt not in available_formats():
         raise UnsupportedMediaType(f"{fmt} is not accepted; send {listed}", format=fmt)
@@ -148,7 +153,9 @@ def _open(
             f"image has {pixels} pixels; the limit is {max_pixels}", max_pixels=max_pixels
         ) from exc
     except Exception as exc:  # PIL raises many types on a bad header
-        raise InvalidImage(f"cannot read the {fmt} header: {exc}") from exc
+        # PIL names the file object ("<_io.BytesIO object at 0x...>"): nothing for a client.
+        reason = _OBJECT_REPR.sub("the upload", str(exc))
+        raise InvalidImage(f"cannot read the {fmt} header: {reason}") from exc
     try:
         width, height = image.size
         if width <= 0 or height <= 0:

@@ -199,3 +199,38 @@ def test_gpu_decode_path_runs_on_the_cpu_device_too(orientation: int) -> None:
     upright = decode_and_preprocess(save(make_image(4, (640, 400)), "JPEG"), PRE, max_pixels=LIMIT)
     if orientation != 1:
         assert np.abs(decoded.numpy().astype(int) - upright).mean() > 10
+
+
+def test_bigtiff_gets_a_precise_415() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from models.preprocess import check_image
+    from services.common.errors import UnsupportedMediaType
+
+    out = BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(out, format="TIFF", big_tiff=True)
+    with pytest.raises(UnsupportedMediaType, match="BigTIFF"):
+        check_image(out.getvalue(), max_pixels=10**6)
+
+
+def test_header_errors_name_no_python_object() -> None:
+    import struct
+    import zlib
+
+    from models.preprocess import check_image
+    from services.common.errors import InvalidImage
+
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
+    with pytest.raises(InvalidImage) as caught:
+        check_image(png, max_pixels=10**6)
+    assert " object at 0x" not in caught.value.message

@@ -164,19 +164,37 @@ class Unreachable(Exception):
     """The API stopped answering: the run stops instead of failing every file slowly."""
 
 
-def check_csv_task(opts: PredictOptions) -> None:
-    """CSV holds classification and detection results only: refuse others before sending."""
+def check_api(opts: PredictOptions, csv: bool) -> None:
+    """Ask the API once, before any upload, what it serves: ConfigError when the URL is no
+    visionq API, the key is refused, the model is not served or CSV cannot hold its task
+    (each of these would otherwise fail every file, one request at a time)."""
     try:
         with Client(opts.url, api_key=opts.api_key, retry=RetryPolicy(retries=0)) as vq:
             models = vq.models()
+    except ApiError as exc:
+        raise ConfigError(
+            f"{opts.url} did not answer GET /v1/models as a visionq API does: {exc}"
+        ) from exc
     except ClientError:
-        return  # the files' own requests will report what is wrong with the server
+        return  # no answer now: the files' own requests (with retries) report it
+    if opts.model and opts.model not in {m.name for m in models}:
+        served = ", ".join(sorted(m.name for m in models)) or "none"
+        raise ConfigError(f"model {opts.model!r} is not served at {opts.url}; served: {served}")
     chosen = next((m for m in models if (m.name == opts.model if opts.model else m.default)), None)
-    if chosen is not None and chosen.task not in CSV_TASKS:
+    if csv and chosen is not None and chosen.task not in CSV_TASKS:
         raise ConfigError(
             f"CSV output holds {' and '.join(CSV_TASKS)} results; model {chosen.name!r} is "
             f"{chosen.task}: write JSON lines (--out results.jsonl)"
         )
+
+
+# Errors about the request itself (its params, key or model), not about one file: every
+# other file would get the same answer, so the run stops at the first one.
+REQUEST_ERRORS = frozenset({"validation_error", "model_not_found", "unauthorized"})
+
+
+class RequestRefused(Exception):
+    """The API refused the request itself (params, key, model): the run stops."""
 
 
 async def _run(
@@ -193,11 +211,12 @@ async def _run(
     )
     pending = iter(files)
     lost: list[str] = []
+    refused: list[str] = []
 
     async def worker() -> None:
         # Workers share one iterator, so at most ``concurrency`` files are read and in flight.
         for path in pending:
-            if lost:
+            if lost or refused:
                 return
             record = await predict_one(client, path, opts)
             error = record.get("error") or {}
@@ -205,12 +224,17 @@ async def _run(
                 # Retries are spent: the API is gone. Leave the rest for --resume.
                 lost.append(str(error.get("message", "")))
                 return
+            if error.get("code") in REQUEST_ERRORS:
+                refused.append(f"{error.get('code')}: {error.get('message', '')}")
+                return
             on_record(record)
 
     async with client:
         await asyncio.gather(*(worker() for _ in range(min(opts.concurrency, len(files)))))
     if lost:
         raise Unreachable(lost[0])
+    if refused:
+        raise RequestRefused(refused[0])
 
 
 class _Rate(ProgressColumn):
@@ -306,8 +330,8 @@ def run_command(
         skipped, files = len(files) - len(kept), kept
     if files:
         check_reachable(opts.url, opts.api_key)
-    if files and out is not None and is_csv(Path(out)):
-        check_csv_task(opts)
+    if files:
+        check_api(opts, csv=out is not None and is_csv(Path(out)))
     summary = Summary(total=len(files), skipped=skipped, non_images=len(non_images))
     code = 0
     lost: str | None = None
@@ -319,6 +343,11 @@ def run_command(
             code = 130
         except Unreachable as exc:
             lost = str(exc)
+        except RequestRefused as exc:
+            print(summary.line(), file=sys.stderr)
+            raise ConfigError(
+                f"the API refused the request itself ({exc}); nothing else sent"
+            ) from exc
     print(summary.line(), file=sys.stderr)
     for line in summary.failed_lines(out):
         print(line, file=sys.stderr)

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,6 +207,44 @@ def test_no_images_and_unreachable_server(stack: Stack, tmp_path: Path) -> None:
     assert "ConnectError" in lines[0]
     assert not (tmp_path / "r.jsonl").exists() or not (tmp_path / "r.jsonl").read_text()
     assert time.monotonic() - start < 15  # was 17.6 s for 19 files
+
+
+def test_request_level_mistakes_stop_the_run_once(stack: Stack, tmp_path: Path) -> None:
+    # A wrong model, a bad param or a URL that is no visionq API would fail every file the
+    # same way: the run says so once and sends nothing more.
+    for i in range(6):
+        (tmp_path / f"a{i}.jpg").write_bytes(jpeg(i, (64, 64)))
+    run = _predict(stack, tmp_path, ".", "--model", "nosuch", "--out", "m.jsonl")
+    assert run.returncode == 2, run.stderr
+    assert "model 'nosuch' is not served" in run.stderr and TEST_MODEL in run.stderr
+    assert not (tmp_path / "m.jsonl").exists() or not (tmp_path / "m.jsonl").read_text()
+    run = _predict(stack, tmp_path, ".", "--param", "top_k=0", "--out", "p.jsonl")
+    assert run.returncode == 2, run.stderr
+    assert "validation_error" in run.stderr and "nothing else sent" in run.stderr
+    assert len(_jsonl(tmp_path / "p.jsonl")) < 6
+    port = free_port()
+    foreign = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        cmd = [sys.executable, "-m", "services.cli.main", "predict", ".", "--out", "f.jsonl",
+               "--url", f"http://127.0.0.1:{port}"]  # fmt: skip
+        run = subprocess.run(cmd, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        foreign.terminate()
+        foreign.wait(timeout=10)
+    assert run.returncode == 2, run.stderr
+    assert "did not answer GET /v1/models as a visionq API does" in run.stderr
+    assert not (tmp_path / "f.jsonl").exists() or not (tmp_path / "f.jsonl").read_text()
 
 
 def test_every_option_has_help() -> None:

@@ -9,6 +9,7 @@ batch ids as fields.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,8 +102,14 @@ def test_a_failed_job_is_logged_with_its_ids(json_stack: tuple[Stack, Proc, Proc
     (prediction,) = resp.json()["predictions"]
     assert prediction["error"]["code"] == "out_of_memory"
     job_id = prediction["job_id"]
-    records = _records(worker)
-    mine = [r for r in records if r.get("job_id") == job_id]
+    # The worker logs the failure around the time it stores it: the answer may come first.
+    deadline = time.monotonic() + 15
+    while True:
+        records = _records(worker)
+        mine = [r for r in records if r.get("job_id") == job_id]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert mine and mine[0]["level"] == "WARNING", "no worker line names the failed job"
     batch_id = mine[0]["batch_id"]
     assert len(batch_id) == 16

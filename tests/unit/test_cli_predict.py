@@ -72,6 +72,20 @@ class _FakeApi(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self) -> None:
+        # visionq predict asks once what the API serves before it uploads anything.
+        if self.path == "/healthz":
+            data = json.dumps({"status": "ok"}).encode()
+        else:
+            assert self.path == "/v1/models", self.path
+            models = [{"name": "m", "task": "classification", "default": True}]
+            data = json.dumps({"models": models}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 

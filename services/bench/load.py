@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -37,10 +37,22 @@ class LoadResult:
     client_cpu_cores: float
     # CPU cores used over the window by what the caller asked run_load to watch (by name).
     cpu_cores: dict[str, float] | None = None
+    # The meter's figures for the window (services.bench.cpu: per process, role, machine).
+    cpu: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
+
+
+class Meter(Protocol):
+    """Brackets the measured window (see services.bench.cpu.StackMeter)."""
+
+    def start(self) -> None:
+        """Read the counters before the window."""
+
+    def stop(self, images: int) -> dict[str, Any]:
+        """The figures of the window, for ``images`` answered images."""
 
 
 def encode_request(host: str, port: int, model: str, data: bytes, name: str) -> bytes:
@@ -126,11 +138,13 @@ def run_load(
     warmup_s: float,
     seconds: float,
     cpu_probes: Mapping[str, Callable[[], float]] | None = None,
+    meter: Meter | None = None,
 ) -> LoadResult:
     """Warm up, then measure a fixed window of ``concurrency`` closed-loop clients.
 
     ``cpu_probes`` maps names to functions returning CPU seconds used so far (a process
-    tree, Redis's INFO); each one's use over the window is reported in cores.
+    tree, Redis's INFO); each one's use over the window is reported in cores. ``meter``
+    (started after the warm-up, stopped after the window) adds its figures as ``cpu``.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -139,13 +153,16 @@ def run_load(
         asyncio.run(_phase(url, requests, concurrency, warmup_s))
     probes = dict(cpu_probes or {})
     before = {name: probe() for name, probe in probes.items()}
+    if meter is not None:
+        meter.start()
     cpu0, wall0 = _cpu_seconds(), time.monotonic()
     tally = asyncio.run(_phase(url, requests, concurrency, seconds))
     wall = time.monotonic() - wall0
     cpu = _cpu_seconds() - cpu0
+    done = len(tally.latencies) - tally.errors
+    figures = meter.stop(done) if meter is not None else None
     used = {name: (probe() - before[name]) / wall for name, probe in probes.items()}
     lat = np.array(tally.latencies or [float("nan")]) * 1000
-    done = len(tally.latencies) - tally.errors
     return LoadResult(
         concurrency=concurrency,
         seconds=round(wall, 3),
@@ -158,4 +175,5 @@ def run_load(
         mean_batch=float(np.mean(tally.batches)) if tally.batches else 0.0,
         client_cpu_cores=cpu / wall if wall > 0 else 0.0,
         cpu_cores=used or None,
+        cpu=figures,
     )

@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="a folder (default: generated)")
     p.add_argument("--count", type=int, default=64, help="how many images to use")
     p.add_argument(
-        "--concurrency", type=_ints, default=[1, 4, 16, 32], help="client counts, e.g. 1,4,16,32"
+        "--concurrency",
+        type=_ints,
+        default=None,
+        help="client counts (default 1,16,32; 1,16,64 for --model noop)",
     )
     p.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up per point")
@@ -44,7 +47,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chart", type=Path, default=RESULTS / "bench.png", help="PNG chart (default %(default)s)"
     )
-    p.add_argument("--no-unbatched", action="store_true", help="skip the unbatched stack")
+    p.add_argument(
+        "--unbatched",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the stack with VISIONQ_MAX_BATCH_SIZE=1 too (default: yes, but not for noop)",
+    )
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="add a phase 'fast': the served stack with VISIONQ_FAST_DECODE=1",
+    )
+    p.add_argument(
+        "--api-workers",
+        type=_ints,
+        default=[1],
+        help="API processes of the served stack; a list (1,2) runs it once per count",
+    )
     p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")
     p.add_argument(
         "--events-cost",

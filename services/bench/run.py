@@ -1,4 +1,4 @@
-"""Orchestrate a benchmark run: raw limit, served stack, unbatched stack; then report."""
+"""Orchestrate a benchmark run: raw limit, served stack(s), unbatched, fast decode; report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from services.bench.cpu import StackMeter
 from services.bench.images import folder_images, generated_jpegs
 from services.bench.load import run_load
 from services.bench.raw import measure_raw
@@ -25,14 +27,60 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+NOOP = "noop"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``visionq up`` run of the benchmark: its name, its settings, its API processes."""
+
+    name: str
+    overrides: dict[str, str]
+    api_workers: int = 1
+
+
+def resolve(args: argparse.Namespace) -> list[str]:
+    """Fill the defaults that depend on the model and ``--quick``; the notes they imply."""
+    noop = args.model == NOOP
+    if args.concurrency is None:
+        args.concurrency = [1, 16, 64] if noop else [1, 16, 32]
+    if args.quick:
+        args.seconds, args.warmup = 5.0, 1.5
+        args.batch_sizes, args.count = [1, 8, 16], 32
+    notes = []
+    if noop:
+        notes.append("raw limit: skipped (noop has no decode and no forward to measure)")
+        if args.unbatched is None:
+            notes.append("unbatched: skipped for noop (--unbatched runs it)")
+        if args.fast_decode:
+            notes.append("fast: skipped (noop decodes nothing)")
+    if args.unbatched is None:
+        args.unbatched = not noop
+    return notes
+
+
+def plan_phases(args: argparse.Namespace, device: str) -> list[Phase]:
+    """served once per ``--api-workers`` count, then unbatched and fast when asked."""
+    batch = {"VISIONQ_MAX_BATCH_SIZE": str(args.max_batch_size)}
+    first, *more = args.api_workers
+    phases = [Phase("served", batch, first)]
+    phases += [Phase(f"served-api{n}", batch, n) for n in more]
+    if args.unbatched:
+        phases.append(Phase("unbatched", {"VISIONQ_MAX_BATCH_SIZE": "1"}, first))
+    if args.fast_decode and args.model != NOOP:
+        phases.append(Phase("fast", {**batch, "VISIONQ_FAST_DECODE": "1"}, first))
+    if device == "cpu":
+        phases = [Phase(p.name, {**p.overrides, "CUDA_VISIBLE_DEVICES": ""}, p.api_workers)
+                  for p in phases]  # fmt: skip
+    return phases
+
+
 def run(args: argparse.Namespace) -> int:
     """Run every phase and write the report; exit 0 (targets are reported, not enforced)."""
     from models.specs import load_registry
     from services.common.settings import get_worker_settings
 
-    if args.quick:
-        args.concurrency, args.seconds, args.warmup = [1, 16], 5.0, 1.5
-        args.batch_sizes, args.count = [1, 8, 16], 32
+    notes = resolve(args)
     settings = get_worker_settings()
     registry = load_registry(settings.models_file)
     if args.model not in registry:
@@ -50,29 +98,33 @@ def run(args: argparse.Namespace) -> int:
         write_json(cost, args.out)
         print(f"wrote {args.out}")
         return 0
-    print(f"raw limit: {args.model} on {device}, batch sizes {args.batch_sizes} ...", flush=True)
-    seconds_raw = max(1.5, args.seconds / 3)
-    raw = measure_raw(registry[args.model], images, args.batch_sizes, seconds_raw, device)
+    raw = None
+    if args.model != NOOP:
+        sizes = args.batch_sizes
+        print(f"raw limit: {args.model} on {device}, batch sizes {sizes} ...", flush=True)
+        seconds_raw = max(1.5, args.seconds / 3)
+        raw = measure_raw(registry[args.model], images, args.batch_sizes, seconds_raw, device)
     result: dict[str, Any] = {
         "model": args.model,
+        "device": device,
         "images": len(images),
         "image_size": "generated 640x480 JPEG" if args.images is None else str(args.images),
         "machine": {"platform": platform.platform(), "cpus": _cpus()},
-        "raw": raw.to_json(),
+        "raw": raw.to_json() if raw is not None else None,
         "max_batch_size": args.max_batch_size,
+        "notes": notes,
     }
-    phases = [("served", {"VISIONQ_MAX_BATCH_SIZE": str(args.max_batch_size)})]
-    if not args.no_unbatched:
-        phases.append(("unbatched", {"VISIONQ_MAX_BATCH_SIZE": "1"}))
-    for kind, overrides in phases:
-        if device == "cpu":
-            overrides["CUDA_VISIBLE_DEVICES"] = ""
-        result[kind] = []
-        with running_stack(args.model, overrides) as url:
+    for phase in plan_phases(args, device):
+        result[phase.name] = []
+        pids: list[int] = []
+        with running_stack(args.model, phase.overrides, pids=pids,
+                           api_workers=phase.api_workers) as url:  # fmt: skip
             for c in args.concurrency:
-                print(f"{kind}: {c} clients for {args.seconds:g} s ...", flush=True)
-                load = run_load(url, args.model, images, c, args.warmup, args.seconds)
-                result[kind].append(load.to_json())
+                print(f"{phase.name}: {c} clients for {args.seconds:g} s ...", flush=True)
+                meter = StackMeter(pids[0])
+                load = run_load(url, args.model, images, c, args.warmup, args.seconds, meter=meter)
+                row = {"phase": phase.name, "api_workers": phase.api_workers, **load.to_json()}
+                result[phase.name].append(row)
     result["targets"] = [
         {"name": n, "measured": g, "target": t, "met": ok} for n, g, t, ok in targets(result)
     ]

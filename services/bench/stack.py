@@ -24,11 +24,13 @@ def running_stack(
     timeout_s: float = 180.0,
     redis_port: int = 0,
     pids: list[int] | None = None,
+    api_workers: int = 1,
 ) -> Iterator[str]:
     """Start the whole stack with these VISIONQ_* overrides; yield its URL; stop it.
 
     ``redis_port`` fixes the embedded Redis's port (0: any free one) and ``pids`` receives
-    the ``visionq up`` process id, for a caller that measures their CPU.
+    the ``visionq up`` process id, for a caller that measures their CPU; ``api_workers``
+    is the API's process count (``visionq up --api-workers``).
     """
     port = free_port()
     env = dict(os.environ)
@@ -46,7 +48,7 @@ def running_stack(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
-             "--redis-port", str(redis_port)],
+             "--redis-port", str(redis_port), "--api-workers", str(api_workers)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     if pids is not None:

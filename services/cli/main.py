@@ -53,7 +53,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack."""
     from services.cli.up import run_up
 
-    return run_up(args.host, args.port, args.redis_port, args.workers, args.redis_dir)
+    return run_up(
+        args.host,
+        args.port,
+        args.redis_port,
+        args.workers,
+        args.redis_dir,
+        api_workers=args.api_workers,
+    )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -262,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="CPU workers when no GPU is visible (default 1); else the first N GPUs",
+    )
+    p.add_argument(
+        "--api-workers",
+        type=_positive_int,
+        default=1,
+        help="API processes (visionq api --workers N; default 1)",
     )
 
     p = add("api", cmd_api, "the API server only")

@@ -152,8 +152,12 @@ def run_up(
     workers: int | None,
     redis_dir: Path | None = None,
     ready_timeout_s: float = 120.0,
+    api_workers: int = 1,
 ) -> int:
-    """Start Redis (unless VISIONQ_REDIS_URL is set), the API and the workers; supervise."""
+    """Start Redis (unless VISIONQ_REDIS_URL is set), the API and the workers; supervise.
+
+    ``api_workers`` > 1 runs the API as ``visionq api --workers N`` (uvicorn processes).
+    """
     settings = get_api_settings()
     plan = plan_workers(visible_gpus(), workers)
     embedded = "redis_url" not in settings.model_fields_set
@@ -177,7 +181,10 @@ def run_up(
         api_env = {**env, "VISIONQ_RUN_TOKEN": run_token}
         sup.add(
             ChildSpec(
-                "api", [*api_argv, "--host", host, "--port", str(port)], api_env, stop_stage=0
+                "api",
+                [*api_argv, "--host", host, "--port", str(port), "--workers", str(api_workers)],
+                api_env,
+                stop_stage=0,
             )
         )
         for index, gpu in enumerate(plan):

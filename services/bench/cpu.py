@@ -78,7 +78,7 @@ def sample_tree(root_pid: int) -> list[ProcSample]:
     """
     out: list[ProcSample] = []
     try:
-        todo = [(psutil.Process(root_pid), ("other", "other"))]
+        todo = [(psutil.Process(root_pid), ("other", ""))]  # "": the root has no parent
     except psutil.Error:
         return out
     unnamed: dict[str, int] = {}  # per parent label: unnamed children seen so far
@@ -90,7 +90,9 @@ def sample_tree(root_pid: int) -> list[ProcSample]:
         except psutil.Error:
             continue  # ended meanwhile
         named = classify(cmdline, name)
-        if named is None:
+        if named is None and not parent_label:
+            named = ("other", "other")
+        elif named is None:
             # A uvicorn child or a multiprocessing helper: its parent's role, its own label.
             if any("resource_tracker" in a for a in cmdline):
                 kind = "tracker"

@@ -107,8 +107,10 @@ def _row(clients: int, per_s: float, p50: float, p99: float, batch: float) -> di
 def test_noop_targets_and_table() -> None:
     served = [_row(1, 80.0, 12.0, 20.0, 1.0), _row(16, 200.0, 70.0, 200.0, 3.0)]
     served[1]["cpu"] = _cpu(api=0.5, worker=0.3, redis=0.1, stack_cores=0.9)
-    result = {"model": "noop", "device": "cpu", "images": 4, "image_size": "generated",
-              "raw": None, "notes": ["raw limit: skipped (noop)"], "served": served}  # fmt: skip
+    result: dict[str, Any] = {
+        "model": "noop", "device": "cpu", "images": 4, "image_size": "generated",
+        "raw": None, "notes": ["raw limit: skipped (noop)"], "served": served,
+    }  # fmt: skip
     verdict = {name: ok for name, _, _, ok in targets(result)}
     assert verdict == {
         "p99/p50 at 16 clients": True,  # 200/70 = 2.86 <= 3
@@ -132,8 +134,8 @@ def test_model_targets_with_cpu_and_fast_phase() -> None:
     served = [_row(16, 180.0, 90.0, 180.0, 9.0), _row(32, 190.0, 160.0, 300.0, 14.0)]
     served[0]["cpu"] = _cpu(api=2.0, worker=8.0, redis=0.5, stack_cores=1.92)
     fast = [dict(r, phase="fast", per_s=r["per_s"] * 1.2) for r in served]
-    result = {"model": "m", "device": "cpu", "images": 4, "image_size": "g", "raw": raw,
-              "served": served, "fast": fast}  # fmt: skip
+    result: dict[str, Any] = {"model": "m", "device": "cpu", "images": 4, "image_size": "g",
+                              "raw": raw, "served": served, "fast": fast}  # fmt: skip
     got = {name: (round(value, 2), ok) for name, value, _, ok in targets(result)}
     assert got == {
         "served/raw at 16 clients": (0.9, True),

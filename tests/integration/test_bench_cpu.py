@@ -1,0 +1,63 @@
+"""``visionq bench --model noop`` end to end: a real ``visionq up`` per API worker count, a
+real load, and CPU figures per process read from the OS (plausible, not exact: on a shared
+machine only their signs and sums can be checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.stack import ROOT
+
+pytestmark = pytest.mark.integration
+
+# Counters tick every 10 ms per process; each process's delta can be off by a tick or two.
+TICKS_S = 0.03
+
+
+def _check_point(row: dict[str, Any]) -> None:
+    assert row["completed"] > 0 and row["errors"] == 0, row
+    cpu = row["cpu"]
+    roles = cpu["roles"]
+    assert roles["api"]["cpu_s"] > 0 and roles["worker"]["cpu_s"] > 0, roles
+    assert roles["api"]["ms_per_image"] > 0 and roles["worker"]["ms_per_image"] > 0
+    assert all(fig["cpu_s"] >= 0 for fig in roles.values()), roles
+    assert {p["role"] for p in cpu["processes"]} >= {"supervisor", "api", "worker", "redis"}
+    assert cpu["client"]["cpu_s"] > 0
+    # The parts (stack processes + the load client) fit in what the whole machine used.
+    parts = cpu["stack"]["cpu_s"] + cpu["client"]["cpu_s"]
+    slack = TICKS_S * (len(cpu["processes"]) + 2)
+    assert parts <= cpu["machine"]["cpu_s"] * 1.05 + slack, (parts, cpu["machine"])
+    assert cpu["machine"]["cores"] <= cpu["machine_cpus"] * 1.05 + 0.05, cpu["machine"]
+
+
+@pytest.mark.timeout(120)
+def test_noop_bench_reports_cpu_per_process(tmp_path: Path) -> None:
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "VISIONQ_ALLOW_DOWNLOAD": "0"})
+    argv = [sys.executable, "-m", "services.cli.main", "bench", "--model", "noop",
+            "--concurrency", "1,4", "--seconds", "1.5", "--warmup", "0.3", "--count", "8",
+            "--api-workers", "1,2", "--out", str(out), "--chart", str(chart)]  # fmt: skip
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=110, env=env)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    assert "raw limit: skipped" in run.stdout and "CPU per image" in run.stdout
+    assert "API + Redis + worker CPU-ms per image at 4 clients" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["raw"] is None and "unbatched" not in result
+    assert [r["api_workers"] for r in result["served"]] == [1, 1]
+    assert [r["api_workers"] for r in result["served-api2"]] == [2, 2]
+    for row in result["served"] + result["served-api2"]:
+        _check_point(row)
+    # Two uvicorn processes under the API's own, labelled apart (the kernel may hand all
+    # four connections to one of them, so only their sum must be busy).
+    api = [p for p in result["served-api2"][1]["cpu"]["processes"] if p["role"] == "api"]
+    children = {p["label"]: p["cpu_s"] for p in api if p["label"] in ("api/1", "api/2")}
+    assert len(children) == 2 and sum(children.values()) > 0, api
+    assert chart.read_bytes()[:4] == b"\x89PNG"

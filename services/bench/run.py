@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
                 meter = StackMeter(pids[0])
                 load = run_load(url, args.model, images, c, args.warmup, args.seconds, meter=meter)
                 row = {"phase": phase.name, "api_workers": phase.api_workers, **load.to_json()}
+                if args.model == NOOP and row.get("cpu"):
+                    # No decode, no forward: every worker CPU-ms is bookkeeping.
+                    row["cpu"]["worker_bookkeeping"] = row["cpu"]["roles"]["worker"]
                 result[phase.name].append(row)
     result["targets"] = [
         {"name": n, "measured": g, "target": t, "met": ok} for n, g, t, ok in targets(result)

@@ -55,6 +55,7 @@ def test_noop_bench_reports_cpu_per_process(tmp_path: Path) -> None:
     assert [r["api_workers"] for r in result["served-api2"]] == [2, 2]
     for row in result["served"] + result["served-api2"]:
         _check_point(row)
+        assert row["cpu"]["worker_bookkeeping"] == row["cpu"]["roles"]["worker"]
     # Two uvicorn processes under the API's own, labelled apart (the kernel may hand all
     # four connections to one of them, so only their sum must be busy).
     api = [p for p in result["served-api2"][1]["cpu"]["processes"] if p["role"] == "api"]

@@ -23,7 +23,7 @@ def seeded_classifier(seed: int = SEED) -> torch.nn.Module:
     from torchvision.models import mobilenet_v3_small
 
     torch.manual_seed(seed)
-    model = mobilenet_v3_small()
+    model: torch.nn.Module = mobilenet_v3_small()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a cumulative average over the calibration batches
@@ -32,7 +32,8 @@ def seeded_classifier(seed: int = SEED) -> torch.nn.Module:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(16, 3, 224, 224, generator=noise))
-    return model.eval()
+    model.eval()
+    return model
 
 
 def make_seeded_weights(path: Path, seed: int = SEED) -> Path:

@@ -129,7 +129,8 @@ class Agreement:
     max_abs_diff: float  # largest |score difference| over every image and class
     mean_abs_diff: float  # mean |score difference| over every image and class
     exact_top1_distinct: int  # how many different top-1 classes the exact path gives
-    # size label -> {"images", "exact_ms", "fast_ms", "exact_per_s", "fast_per_s"}
+    # size label -> {"images", "exact_ms", "fast_ms", "exact_per_s", "fast_per_s",
+    # "top1_agreement", "max_abs_diff"}
     decode: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -169,11 +170,16 @@ def compare(
         totals[2] += fast_s
     ref, got = _scores(model, pre, exact_arrays), _scores(model, pre, fast_arrays)
     diff = (got - ref).abs()
+    same = (ref.argmax(1) == got.argmax(1)).tolist()
+    worst = diff.max(1).values.tolist()
+    by_label: dict[str, list[tuple[bool, float]]] = {}
+    for (label, _), agrees, largest in zip(images, same, worst, strict=True):
+        by_label.setdefault(label, []).append((agrees, largest))
     top5_ref, top5_got = ref.topk(5).indices.tolist(), got.topk(5).indices.tolist()
     overlap = [len(set(a) & set(b)) / 5 for a, b in zip(top5_ref, top5_got, strict=True)]
     return Agreement(
         images=len(images),
-        top1_agreement=float((ref.argmax(1) == got.argmax(1)).float().mean()),
+        top1_agreement=float(np.mean(same)),
         top5_overlap=float(np.mean(overlap)),
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
@@ -185,6 +191,8 @@ def compare(
                 "fast_ms": 1000 * f / n,
                 "exact_per_s": n / e if e else float("inf"),
                 "fast_per_s": n / f if f else float("inf"),
+                "top1_agreement": float(np.mean([a for a, _ in by_label[label]])),
+                "max_abs_diff": max(d for _, d in by_label[label]),
             }
             for label, (n, e, f) in seconds.items()
         },
@@ -193,14 +201,16 @@ def compare(
 
 def _table(result: Agreement) -> str:
     lines = [
-        "| image | n | exact ms | fast ms | exact img/s | fast img/s | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        "| image | n | exact ms | fast ms | exact img/s | fast img/s | speed-up | top-1 same "
+        "| max diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in result.decode.items():
         lines.append(
             f"| {label} | {row['images']:.0f} | {row['exact_ms']:.2f} | {row['fast_ms']:.2f} | "
             f"{row['exact_per_s']:.0f} | {row['fast_per_s']:.0f} | "
-            f"{row['exact_ms'] / max(row['fast_ms'], 1e-9):.2f}x |"
+            f"{row['exact_ms'] / max(row['fast_ms'], 1e-9):.2f}x | "
+            f"{row['top1_agreement']:.2f} | {row['max_abs_diff']:.1e} |"
         )
     lines.append(
         f"\n{result.images} images: top-1 agreement {result.top1_agreement:.4f}, top-5 "

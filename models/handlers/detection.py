@@ -30,6 +30,9 @@ class DetectionHandler(Handler):
 
     task = "detection"
     Params = DetectionParams
+    # VISIONQ_FAST_DECODE keeps both sides at least this (the model's input size; None, as
+    # for a subclass whose setup does not set it: full decode).
+    min_side: int | None = None
 
     def setup(self, device: torch.device, spec: ModelSpec) -> None:
         """Load the detector (weights through the usual order)."""

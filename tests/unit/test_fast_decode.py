@@ -23,8 +23,9 @@ from models.preprocess import (
     preprocess,
 )
 from models.seeded import seeded_classifier
+from services.common.errors import VisionqError
 from tests.images import make_image
-from tests.real_world import ORIENT, exif_bytes, save
+from tests.real_world import ORIENT, Kind, corpus, exif_bytes, icc_gamma_profile, save, ycck_jpeg
 
 LIMIT = 40_000_000
 PRE = BUILTIN_MODELS["mobilenet_v3_small"].preprocess
@@ -152,3 +153,38 @@ def test_fast_decode_agrees_with_the_exact_path_on_the_calibrated_model() -> Non
     assert result.top1_agreement >= 0.9
     assert result.top5_overlap >= 0.8
     assert result.max_abs_diff < 0.1
+
+
+@pytest.mark.parametrize("kind", corpus(), ids=lambda k: k.name)
+def test_fast_decode_reads_every_kind_as_the_exact_path(kind: Kind) -> None:
+    # Orientation, ICC, alpha, 16-bit, CMYK, trailing data: the same picture on both paths
+    # (a few levels apart from the cheaper resampling) and the same errors.
+    try:
+        exact = decode_and_preprocess(kind.data, PRE, max_pixels=LIMIT)
+    except VisionqError as exc:
+        with pytest.raises(VisionqError) as fast_error:
+            decode_and_preprocess(kind.data, PRE, max_pixels=LIMIT, fast_decode=True)
+        assert fast_error.value.code == exc.code
+        return
+    fast = decode_and_preprocess(kind.data, PRE, max_pixels=LIMIT, fast_decode=True)
+    assert fast.shape == exact.shape == (3, 224, 224)
+    assert np.abs(fast.astype(int) - exact).mean() < 4, kind.name
+
+
+@pytest.mark.parametrize("variant", ["CMYK", "YCCK", "ICC", "grey"])
+def test_drafted_jpegs_keep_colour_handling(variant: str) -> None:
+    # Large enough to be drafted (1/2): colour conversion still runs on the smaller picture.
+    picture = make_image(3, (256, 192)).resize((1024, 768))
+    if variant == "CMYK":
+        data = save(picture.convert("CMYK"), "JPEG", quality=95)
+    elif variant == "YCCK":
+        data = ycck_jpeg(picture.convert("CMYK"))
+    elif variant == "ICC":
+        data = save(picture, "JPEG", quality=95, icc_profile=icc_gamma_profile(1.0))
+    else:
+        data = save(picture.convert("L"), "JPEG", quality=95)
+    image, full = decode_scaled(data, max_pixels=LIMIT, min_side=224)
+    assert (image.mode, image.size, full) == ("RGB", (512, 384), (1024, 768))
+    exact = decode_and_preprocess(data, PRE, max_pixels=LIMIT)
+    fast = decode_and_preprocess(data, PRE, max_pixels=LIMIT, fast_decode=True)
+    assert np.abs(fast.astype(int) - exact).mean() < 4

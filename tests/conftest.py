@@ -6,35 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from models.seeded import make_seeded_weights
+
 TEST_MODEL = "mobilenet_v3_small"
 # Served by the API but consumed by no worker in the shared stack: its jobs stay queued.
 IDLE_MODEL = "idle_model"
 # A custom TorchScript classifier declared in the models file, with its own labels.
 TINY_MODEL = "tiny"
 TINY_LABELS = [f"shape_{i}" for i in range(10)]
-
-
-def make_seeded_weights(path: Path, seed: int = 1234) -> Path:
-    """A reproducible mobilenet_v3_small state dict whose scores differ per image."""
-    import torch
-    from torchvision.models import mobilenet_v3_small
-
-    torch.manual_seed(seed)
-    model = mobilenet_v3_small()
-    # Fresh BatchNorm statistics (mean 0, var 1) make a random MobileNet's activations
-    # vanish and every score 1/1000; a few seeded batches in train mode give it real
-    # statistics, so scores differ per image and the top-k order is meaningful.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    noise = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 3, 224, 224, generator=noise))
-    model.eval()
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")

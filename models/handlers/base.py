@@ -60,7 +60,7 @@ class HandlerOptions:
     gpu_decode: bool = False
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels flattened onto it
     accepted_formats: tuple[str, ...] | None = None  # None: every format this build reads
-    fast_decode: bool = False  # libjpeg DCT scaling for JPEGs larger than the model needs
+    fast_decode: bool = False  # VISIONQ_FAST_DECODE: JPEGs decoded at reduced scale (inexact)
     # float16 / bfloat16: weights kept resident in it on CUDA (the autocast dtype); None: float32
     weights_dtype: str | None = None
 
@@ -111,13 +111,22 @@ class Handler:
 
     def decode_image(self, data: bytes) -> Image.Image:
         """The upload as the user sees it: RGB, oriented, full size (pixel cap enforced)."""
-        from models.preprocess import decode_image
+        return self.decode_scaled(data, None)[0]
 
-        return decode_image(
+    def decode_scaled(
+        self, data: bytes, min_side: int | None
+    ) -> tuple[Image.Image, tuple[int, int]]:
+        """``decode_image``, but with ``VISIONQ_FAST_DECODE`` on a JPEG may be decoded at
+        1/2, 1/4 or 1/8 scale, both sides kept >= ``min_side`` (libjpeg DCT scaling; see
+        ``models.imaging.decode.decode_scaled``). Also (width, height) of the full picture."""
+        from models.preprocess import decode_scaled
+
+        return decode_scaled(
             data,
             max_pixels=self.options.max_image_pixels,
             background=self.options.background,
             formats=self.options.accepted_formats,
+            min_side=min_side if self.options.fast_decode else None,
         )
 
     def load_model(self, spec: ModelSpec, device: Any) -> LoadedModel:

@@ -228,26 +228,31 @@ def to_viewer_rgb(image: Image.Image, background: Color = WHITE) -> Image.Image:
     return Image.composite(rgb, Image.new("RGB", rgb.size, background), alpha)
 
 
-def decode_image(
+def decode_scaled(
     data: bytes,
     *,
     max_pixels: int,
     background: Color = WHITE,
     formats: Iterable[str] | None = None,
-    draft_size: tuple[int, int] | None = None,
-) -> Image.Image:
-    """Decode an upload's first frame to the RGB picture a viewer shows (see module doc).
+    min_side: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``decode_image``, letting libjpeg shrink a JPEG while decoding; also the full size.
 
-    Same checks and errors as ``check_image``, before any pixel is decoded; a decoder
-    error (truncated or corrupt data) is ``InvalidImage``. ``draft_size`` (width, height as
-    displayed) lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale while staying at least
-    that big; the result then differs from a full decode by the DCT scaling.
+    With ``min_side`` a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT-domain
+    scaling, through Pillow's ``Image.draft``: the inverse DCT of each 8x8 block is computed
+    at 4x4, 2x2 or 1x1, so both the entropy-decoded data and the colour conversion shrink),
+    the smallest of them that keeps BOTH sides at least ``min_side`` pixels; other formats,
+    and JPEGs too small to shrink, decode in full. The pixels then differ from a full decode
+    followed by a resize (a DCT-domain reduction is a box-like filter), which is why the
+    caller opts in. Returns the RGB picture as shown and (width, height) of the full,
+    oriented picture, for mapping coordinates back. Raises what ``decode_image`` raises.
     """
     image, info = _open(data, max_pixels, formats)
     try:
-        if draft_size is not None and info.format == "JPEG":
-            w, h = draft_size if info.orientation < 5 else draft_size[::-1]
-            image.draft(None, (w, h))
+        if min_side is not None and info.format == "JPEG":
+            # Pillow keeps width // s >= w and height // s >= h for the scale s it picks, so
+            # a square request bounds the shorter side whatever the EXIF orientation.
+            image.draft(None, (min_side, min_side))
         image.load()
         rgb = to_viewer_rgb(image, background)
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, ...
@@ -256,4 +261,18 @@ def decode_image(
     if rgb is not image:  # close() frees the pixels, so only a source we no longer return
         image.close()
     method = _TRANSPOSE.get(info.orientation)
-    return rgb if method is None else rgb.transpose(method)
+    return (rgb if method is None else rgb.transpose(method)), info.display_size
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    background: Color = WHITE,
+    formats: Iterable[str] | None = None,
+) -> Image.Image:
+    """Decode an upload's first frame, in full, to the RGB picture a viewer shows (see the
+    module doc). Same checks and errors as ``check_image``, before any pixel is decoded; a
+    decoder error (truncated or corrupt data) is ``InvalidImage``."""
+    image, _ = decode_scaled(data, max_pixels=max_pixels, background=background, formats=formats)
+    return image

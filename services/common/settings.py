@@ -288,7 +288,9 @@ class WorkerSettings(CommonSettings):
     )
     gpu_decode: bool = Field(False, description="decode JPEGs on the GPU (nvJPEG)")
     fast_decode: bool = Field(
-        False, description="decode big JPEGs at reduced scale (libjpeg DCT scaling); inexact"
+        False,
+        description="JPEGs decoded at 1/2-1/8 scale (libjpeg DCT scaling, both sides kept >= "
+        "the model's input) and only the crop resampled; inexact, see README",
     )
     alpha_background: str = Field(
         "#ffffff", description="colour transparent images are flattened onto (#rrggbb)"

@@ -78,6 +78,7 @@ def kind(command: str) -> str:
         ("scratch", r"\.venv/bin/visionq compose |cat > \.env <<"),
         ("static", r"docker compose |kubectl "),
         ("bench", r"\.venv/bin/visionq bench"),
+        ("decode_check", r"\.venv/bin/python -m models\.imaging\.fast_decode_check "),
         ("celery", r"\.venv/bin/celery -A services\.common\.celery_app "),
     ]:
         if re.match(pattern, rest):
@@ -257,6 +258,20 @@ def test_bench_commands(command: str, tmp_path: Path) -> None:
     assert "raw limit:" in run.stdout and "served" in run.stdout
     assert json.loads(out.read_text())["served"][0]["completed"] > 0
     assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "decode_check"])
+def test_decode_check_commands(command: str, tmp_path: Path) -> None:
+    # As written, on 12 images instead of 300, its JSON into a scratch folder.
+    args = shlex.split(command)[1:]
+    for flag, value in (("--count", "12"), ("--json", str(tmp_path / "check.json"))):
+        args[args.index(flag) + 1] = value
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240, env=env)  # fmt: skip
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    assert "top-1 agreement" in run.stdout
+    assert json.loads((tmp_path / "check.json").read_text())["images"] == 12
 
 
 @pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "celery"])

@@ -21,17 +21,20 @@ neither needs atomicity. So a worker starts and drains a full Redis; the periodi
 sweep just skips its turn while Redis is full.
 
 It also records which worker holds which message: every delivery tag a worker's channel
-adds to kombu's ``unacked`` hash is added, in the same pipeline, to that worker's set
+adds to kombu's ``unacked`` hash is added, in the same script, to that worker's set
 ``vq:held:<worker id>`` and removed with it at ack. Redis's ``unacked`` entries say nothing
 about their consumer; this set is what lets the reaper (reaper.py) hand a dead worker's
-messages back within seconds instead of after the visibility timeout.
+messages back within seconds instead of after the visibility timeout. The same script
+refuses the record once the worker is fenced (declared dead): a worker paused in BRPOP,
+or fetching while the reaper emptied its held set, would otherwise leave a record nobody
+holds. The message goes back to its queue and the worker exits (``on_fenced``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,14 +47,26 @@ from services.common.protocol.scripts import kombu_append, kombu_bind
 
 logger = logging.getLogger(__name__)
 
-# One consumer per worker process: the set its channel records delivery tags in.
+# One consumer per worker process: the set its channel records delivery tags in, the key
+# that says it was declared dead, and what to do then.
 _held_key: str | None = None
+_fence_key: str | None = None
+_on_fenced: Callable[[], None] | None = None
 
 
-def record_holdings(key: str | None) -> None:
-    """Record this process's delivery tags in the Redis set ``key`` (None: stop)."""
-    global _held_key
+def record_holdings(
+    key: str | None, fence: str | None = None, on_fenced: Callable[[], None] | None = None
+) -> None:
+    """Record this process's delivery tags in the Redis set ``key`` (None: stop).
+
+    With ``fence`` (the worker's fence key), a delivery made after the worker was declared
+    dead is not recorded: the message goes back to the head of its queue and ``on_fenced``
+    runs; in a worker it must not return (it exits), since the message runs elsewhere.
+    """
+    global _held_key, _fence_key, _on_fenced
     _held_key = key
+    _fence_key = fence if key is not None else None
+    _on_fenced = on_fenced
 
 
 class QoS(kombu_redis.QoS):
@@ -81,11 +96,23 @@ class QoS(kombu_redis.QoS):
             [message._raw, delivery["exchange"], delivery["routing_key"]]
         )
         keys = [self.unacked_index_key, self.unacked_key]
+        queued = ""
         if _held_key is not None:
             keys.append(_held_key)
+            if _fence_key is not None:
+                # Our queues are declared with routing key == queue name (see handback.py).
+                keys += [_fence_key, str(delivery["routing_key"])]
+                queued = dumps(message._raw)  # type: ignore[no-untyped-call]
         with self.channel.conn_or_acquire() as client:
             now = time.time()
-            kombu_append(client, keys, delivery_time=now, tag=delivery_tag, message_json=raw)
+            recorded = kombu_append(client, keys, delivery_time=now, tag=delivery_tag,
+                                    message_json=raw, queued_json=queued)  # fmt: skip
+        if not recorded:
+            logger.critical(
+                "declared dead while fetching: message %s went back to its queue", delivery_tag
+            )
+            if _on_fenced is not None:
+                _on_fenced()
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:

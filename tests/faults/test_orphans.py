@@ -1,0 +1,143 @@
+"""An unacked message that no live worker holds: found and given back (issue 9).
+
+The chaos test once left a job `queued` (deliveries 0) with its message in kombu's
+``unacked`` hash, recorded for a worker the reaper had already reaped ("handed back 0"):
+a worker declared dead can still fetch (paused in BRPOP, the message popped into its
+socket while it was stopped, recorded when it resumed; or fetching while the reaper read
+and then deleted its held set). Nothing then held the record, and the sweeper skips
+messages that are still in the broker: only the 300 s visibility timeout was left.
+
+A ghost consumer (tests/faults/ghost_consumer.py: the worker's own transport and holdings
+bookkeeping, then SIGKILL) reproduces both windows deterministically, at default settings.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.common.redis_server import RedisServer
+from services.gpu_worker.handback import UNACKED_KEY, WORKERS_INDEX, held_key
+from services.gpu_worker.reaper import ORPHAN_GRACE_S, Reaper
+from tests.conftest import IDLE_MODEL
+from tests.faults.conftest import MakeStack, record_figure
+from tests.images import jpeg
+from tests.integration.helpers import files, submit, wait_jobs
+
+pytestmark = pytest.mark.integration
+
+BOUND_S = 15.0  # the issue's recovery bound
+QUEUE = f"gpu.{IDLE_MODEL}"  # no worker serves it until the test starts one
+
+
+@pytest.fixture()
+def ghosts() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _ghost(url: str, worker_id: str, started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.ghost_consumer", url, QUEUE, worker_id],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started.append(proc)
+    return proc
+
+
+def _fetched(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the ghost gives up after 60 s
+    assert line.startswith("fetched "), line
+    return line.split()[1]
+
+
+def _wait_blocked(client: redis.Redis, clients_before: int) -> None:
+    """Until one more client waits in BRPOP (the ghost is consuming)."""
+    deadline = time.monotonic() + 60
+    while int(client.info("clients")["blocked_clients"]) <= clients_before:
+        assert time.monotonic() < deadline, "the ghost never blocked in BRPOP"
+        time.sleep(0.05)
+
+
+def test_a_reaped_worker_that_fetches_gives_the_message_back(
+    default_stack: MakeStack, fault_redis: RedisServer, ghosts: list[subprocess.Popen[str]]
+) -> None:
+    stack = default_stack()
+    stack.start_api()
+    client = redis.Redis.from_url(fault_redis.url)
+    ghost_id = "ghost:1:cpu:aaaaaa"
+    client.sadd(WORKERS_INDEX, ghost_id)
+    blocked = int(client.info("clients")["blocked_clients"])
+    ghost = _ghost(fault_redis.url, ghost_id, ghosts)
+    _wait_blocked(client, blocked)
+    # Declared dead while it waits in BRPOP: fenced, nothing held, its held set deleted.
+    reaper = Reaper(client, "test-reaper", poll_s=1.0, confirm_s=0.0)
+    assert reaper.reap(ghost_id)
+    (job_id,) = submit(stack.url, files(("late.jpg", jpeg(3, (96, 96)))), model=IDLE_MODEL)
+    tag = _fetched(ghost)  # it got the message after it was reaped...
+    ghost.kill()
+    ghost.wait(10)
+    # ...and did not keep it: back at the head of its queue, no record nobody holds.
+    assert client.llen(QUEUE) == 1
+    assert not client.hexists(UNACKED_KEY, tag)
+    assert not client.exists(held_key(ghost_id))
+    stack.start_worker(models=IDLE_MODEL)
+    (record,) = wait_jobs(stack.url, [job_id], timeout=180)
+    assert record["status"] == "succeeded"
+    assert record["timings"]["deliveries"] == 1
+    assert int(client.hget(f"vq:job:{job_id}", "stores") or 0) == 1
+    assert client.hlen(UNACKED_KEY) == 0
+
+
+def test_an_unacked_record_no_live_worker_holds_runs_elsewhere_once(
+    default_stack: MakeStack, fault_redis: RedisServer, ghosts: list[subprocess.Popen[str]]
+) -> None:
+    stack = default_stack()
+    stack.start_api()
+    client = redis.Redis.from_url(fault_redis.url)
+    ghost_id = "ghost:2:cpu:bbbbbb"
+    client.sadd(WORKERS_INDEX, ghost_id)
+    client.set(f"vq:worker:{ghost_id}", "{}", ex=600)  # it beats: alive to every reaper
+    blocked = int(client.info("clients")["blocked_clients"])
+    ghost = _ghost(fault_redis.url, ghost_id, ghosts)
+    _wait_blocked(client, blocked)
+    (job_id,) = submit(stack.url, files(("held.jpg", jpeg(4, (96, 96)))), model=IDLE_MODEL)
+    tag = _fetched(ghost)
+    assert client.sismember(held_key(ghost_id), tag)  # one script: record and holder
+    worker = stack.start_worker(models=IDLE_MODEL)
+    stack.wait_ready([worker])
+    # A live holder keeps its message: not given back, however old.
+    time.sleep(ORPHAN_GRACE_S + 3)
+    assert client.hexists(UNACKED_KEY, tag)
+    assert client.hget(f"vq:job:{job_id}", "status") == b"queued"
+    # Its holder record lost (what a reaper racing a fetch, or a Redis restart, could
+    # leave), then the holder dies: a record nobody holds.
+    ghost.kill()
+    ghost.wait(10)
+    lost = time.monotonic()
+    client.delete(held_key(ghost_id))
+    client.srem(WORKERS_INDEX, ghost_id)
+    client.delete(f"vq:worker:{ghost_id}")
+    (record,) = wait_jobs(stack.url, [job_id], timeout=120)
+    elapsed = time.monotonic() - lost
+    record_figure("orphan_unacked_ran_elsewhere_s", elapsed)
+    assert record["status"] == "succeeded"
+    assert record["timings"]["deliveries"] == 1
+    assert elapsed <= BOUND_S
+    assert int(client.hget(f"vq:job:{job_id}", "stores") or 0) == 1
+    assert client.hlen(UNACKED_KEY) == 0
+    assert client.llen(QUEUE) == 0

@@ -148,7 +148,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     # runs at a time. Two batches in flight (one running, one decoded or gathering): the
     # prefetch (= concurrency, multiplier 1) is what a dead or stopping worker holds.
     concurrency = 2 * settings.max_batch_size
-    record_holdings(held_key(worker_id), fence_key(worker_id), on_fenced=_exit_fenced)
+    record_holdings(held_key(worker_id), fence_key(worker_id), _exit_fenced, client)
     worker = app.Worker(
         # The PID keeps two workers on one host (same device label and index) apart.
         hostname=f"visionq-{label}-{index}-{os.getpid()}@{socket.gethostname()}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from kombu import Connection
+from kombu.connection import Connection
 
 from services.gpu_worker.broker import Transport, record_holdings
 from services.gpu_worker.handback import fence_key, held_key
@@ -20,8 +20,8 @@ from services.gpu_worker.handback import fence_key, held_key
 def main() -> None:
     url, queue, worker_id = sys.argv[1:4]
     record_holdings(held_key(worker_id), fence_key(worker_id))
-    conn = Connection(url, transport=Transport)
-    simple = conn.SimpleQueue(queue)
+    conn = Connection(url, transport=Transport)  # type: ignore[no-untyped-call]
+    simple = conn.SimpleQueue(queue)  # type: ignore[no-untyped-call]
     message = simple.get(block=True, timeout=60)
     print(f"fetched {message.delivery_tag}", flush=True)
     time.sleep(600)

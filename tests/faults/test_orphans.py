@@ -25,8 +25,8 @@ import redis
 from services.common.redis_server import RedisServer
 from services.gpu_worker.handback import UNACKED_KEY, WORKERS_INDEX, held_key
 from services.gpu_worker.reaper import ORPHAN_GRACE_S, Reaper
-from tests.conftest import IDLE_MODEL
-from tests.faults.conftest import MakeStack, record_figure
+from tests.conftest import IDLE_MODEL, TEST_MODEL
+from tests.faults.conftest import MakeStack, fault_jpeg, record_figure
 from tests.images import jpeg
 from tests.integration.helpers import files, submit, wait_jobs
 
@@ -141,3 +141,65 @@ def test_an_unacked_record_no_live_worker_holds_runs_elsewhere_once(
     assert int(client.hget(f"vq:job:{job_id}", "stores") or 0) == 1
     assert client.hlen(UNACKED_KEY) == 0
     assert client.llen(QUEUE) == 0
+
+
+def test_an_ack_after_a_broker_outage_leaves_nothing_held(
+    default_stack: MakeStack, fault_redis: RedisServer
+) -> None:
+    # Redis killed -9 and restarted while a batch runs: the worker's consumer reconnects on a
+    # new channel, and the old channel, which delivered the running job, has lost its
+    # connection. Its ack must still reach Redis: otherwise the record stays held by a live
+    # worker (no reaper, no sweeper takes it) until the 300 s visibility timeout.
+    stack = default_stack()
+    stack.start_api()
+    worker = stack.start_worker(models=TEST_MODEL)
+    stack.wait_ready([worker])
+    client = redis.Redis.from_url(fault_redis.url)
+    (job_id,) = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=8"))))
+    deadline = time.monotonic() + 60
+    while client.hget(f"vq:job:{job_id}", "status") != b"running":
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+    time.sleep(1.5)  # one appendfsync everysec period: the claim and the record survive
+    fault_redis.kill()
+    time.sleep(2.0)
+    fault_redis.restart()
+    (record,) = wait_jobs(stack.url, [job_id], timeout=120)
+    assert record["status"] == "succeeded"
+    client = redis.Redis.from_url(fault_redis.url)
+    deadline = time.monotonic() + 10
+    while client.hlen(UNACKED_KEY) or any(client.scan_iter("vq:held:*")):
+        assert time.monotonic() < deadline, (client.hgetall(UNACKED_KEY), stack.logs())
+        time.sleep(0.2)
+    assert worker.alive()
+
+
+def test_orphan_give_back_spares_holders_and_fresh_records(fault_redis: RedisServer) -> None:
+    # The script's own rules, on a bare Redis: four records, one of each kind.
+    from kombu.utils.json import dumps
+
+    from services.gpu_worker.handback import UNACKED_INDEX_KEY, HandBack
+
+    client = redis.Redis.from_url(fault_redis.url)
+    now = time.time()
+
+    def record(tag: str, job: str, fetched: float) -> None:
+        message = {"headers": {"id": job}, "properties": {"delivery_info": {}}, "body": ""}
+        client.hset(UNACKED_KEY, tag, dumps([message, "ex", QUEUE]))  # type: ignore[no-untyped-call]
+        client.zadd(UNACKED_INDEX_KEY, {tag: fetched})
+
+    record("held", "job-held", now - 60)  # a registered worker holds it
+    record("dead", "job-dead", now - 60)  # held by a worker dead but not yet reaped
+    record("fresh", "job-fresh", now - 1)  # within the grace
+    record("orphan", "job-orphan", now - 60)
+    client.sadd(WORKERS_INDEX, "live", "dying")
+    client.sadd(held_key("live"), "held")
+    client.sadd(held_key("dying"), "dead")
+    client.sadd(held_key("gone"), "orphan")  # a held set of a worker no longer registered
+    handback = HandBack(client)
+    assert handback.restore_orphans(ORPHAN_GRACE_S, now) == ["job-orphan"]
+    assert handback.restore_orphans(ORPHAN_GRACE_S, now) == []  # once
+    assert sorted(client.hkeys(UNACKED_KEY)) == [b"dead", b"fresh", b"held"]
+    assert client.zscore(UNACKED_INDEX_KEY, "orphan") is None
+    (queued,) = client.lrange(QUEUE, 0, -1)
+    assert b'"redelivered": true' in queued and b"job-orphan" in queued

@@ -170,8 +170,8 @@ class QoS(kombu_redis.QoS):
             return super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning(
-                "broker connection gone: %d unacked message(s) will be restored by the "
-                "visibility-timeout sweep",
+                "broker connection gone: %d unacked message(s) stay held; their tasks ack "
+                "or requeue them through the worker's own client",
                 len(self._delivered),
             )
             self._delivered.clear()

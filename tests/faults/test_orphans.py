@@ -203,3 +203,30 @@ def test_orphan_give_back_spares_holders_and_fresh_records(fault_redis: RedisSer
     assert client.zscore(UNACKED_INDEX_KEY, "orphan") is None
     (queued,) = client.lrange(QUEUE, 0, -1)
     assert b'"redelivered": true' in queued and b"job-orphan" in queued
+
+
+def test_requeue_through_the_spare_client_moves_the_message_once(
+    fault_redis: RedisServer,
+) -> None:
+    # What a task's Reject(requeue) does when its channel lost its connection (broker.py).
+    from kombu.utils.json import dumps
+
+    from services.gpu_worker import broker
+    from services.gpu_worker.handback import UNACKED_INDEX_KEY
+
+    client = redis.Redis.from_url(fault_redis.url)
+    message = {"headers": {"id": "job-1"}, "properties": {"delivery_info": {}}, "body": ""}
+    client.hset(UNACKED_KEY, "t1", dumps([message, "ex", QUEUE]))  # type: ignore[no-untyped-call]
+    client.zadd(UNACKED_INDEX_KEY, {"t1": time.time()})
+    client.sadd(held_key("w"), "t1")
+    client.rpush(QUEUE, b"older")
+    broker.record_holdings(held_key("w"), client=client)
+    try:
+        assert broker._requeue_spare("t1")
+        assert broker._requeue_spare("t1")  # a second requeue finds nothing to move
+    finally:
+        broker.record_holdings(None)
+    assert client.hlen(UNACKED_KEY) == 0 and client.zcard(UNACKED_INDEX_KEY) == 0
+    assert not client.exists(held_key("w"))
+    assert client.lindex(QUEUE, -1) != b"older"  # at the head: BRPOP takes from the right
+    assert client.llen(QUEUE) == 2

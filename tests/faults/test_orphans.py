@@ -13,6 +13,8 @@ bookkeeping, then SIGKILL) reproduces both windows deterministically, at default
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +103,49 @@ def test_a_reaped_worker_that_fetches_gives_the_message_back(
     assert record["timings"]["deliveries"] == 1
     assert int(client.hget(f"vq:job:{job_id}", "stores") or 0) == 1
     assert client.hlen(UNACKED_KEY) == 0
+
+
+def _worker_id(client: redis.Redis, pid: int) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for key in client.scan_iter("vq:worker:*"):
+            info = json.loads(client.get(key) or b"{}")
+            if info.get("pid") == pid:
+                return str(info["worker_id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no heartbeat from pid {pid}")
+
+
+def test_a_worker_paused_in_brpop_and_reaped_keeps_nothing(
+    default_stack: MakeStack, fault_redis: RedisServer
+) -> None:
+    # The chaos test's pause, made exact: stopped while waiting in BRPOP, Redis pops a
+    # message into its socket; the other worker's reaper declares it dead; resumed at once,
+    # it must not record the message it finds, which runs elsewhere, once.
+    stack = default_stack()
+    stack.start_api()
+    paused = stack.start_worker(models=IDLE_MODEL)
+    watcher = stack.start_worker(1, models=TEST_MODEL)
+    stack.wait_ready([paused, watcher])
+    client = redis.Redis.from_url(fault_redis.url)
+    paused_id = _worker_id(client, paused.popen.pid)
+    paused.popen.send_signal(signal.SIGSTOP)
+    (job_id,) = submit(stack.url, files(("popped.jpg", jpeg(6, (96, 96)))), model=IDLE_MODEL)
+    deadline = time.monotonic() + 60
+    while not client.exists(f"vq:fenced:{paused_id}"):  # about 10 s after its last beat
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
+    paused.popen.send_signal(signal.SIGCONT)
+    assert paused.popen.wait(30) == 3  # it learns it was declared dead and leaves
+    stack.start_worker(2, models=IDLE_MODEL)
+    (record,) = wait_jobs(stack.url, [job_id], timeout=180)
+    assert record["status"] == "succeeded"
+    assert int(client.hget(f"vq:job:{job_id}", "stores") or 0) == 1
+    deadline = time.monotonic() + 15
+    while client.hlen(UNACKED_KEY) or client.llen(QUEUE):
+        assert time.monotonic() < deadline, (client.hgetall(UNACKED_KEY), stack.logs())
+        time.sleep(0.2)
+    assert not client.exists(held_key(paused_id))
 
 
 def test_an_unacked_record_no_live_worker_holds_runs_elsewhere_once(

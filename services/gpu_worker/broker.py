@@ -21,37 +21,96 @@ neither needs atomicity. So a worker starts and drains a full Redis; the periodi
 sweep just skips its turn while Redis is full.
 
 It also records which worker holds which message: every delivery tag a worker's channel
-adds to kombu's ``unacked`` hash is added, in the same pipeline, to that worker's set
+adds to kombu's ``unacked`` hash is added, in the same script, to that worker's set
 ``vq:held:<worker id>`` and removed with it at ack. Redis's ``unacked`` entries say nothing
 about their consumer; this set is what lets the reaper (reaper.py) hand a dead worker's
-messages back within seconds instead of after the visibility timeout.
+messages back within seconds instead of after the visibility timeout. The same script
+refuses the record once the worker is fenced (declared dead): a worker paused in BRPOP,
+or fetching while the reaper emptied its held set, would otherwise leave a record nobody
+holds. The message goes back to its queue and the worker exits (``on_fenced``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 
-from services.common.protocol.scripts import kombu_append, kombu_bind
+from services.common.protocol.scripts import kombu_append, kombu_bind, script_text
 
 logger = logging.getLogger(__name__)
 
-# One consumer per worker process: the set its channel records delivery tags in.
+# One consumer per worker process: the set its channel records delivery tags in, the key
+# that says it was declared dead, and what to do then.
 _held_key: str | None = None
+_fence_key: str | None = None
+_on_fenced: Callable[[], None] | None = None
+# The worker's own Redis client: acks and rejects that kombu can no longer send (its
+# channel lost its connection in a broker outage) go through it instead.
+_spare: redis.Redis | None = None
+
+_RESTORE_LUA = script_text("handback_restore")
 
 
-def record_holdings(key: str | None) -> None:
-    """Record this process's delivery tags in the Redis set ``key`` (None: stop)."""
-    global _held_key
+def record_holdings(
+    key: str | None,
+    fence: str | None = None,
+    on_fenced: Callable[[], None] | None = None,
+    client: redis.Redis | None = None,
+) -> None:
+    """Record this process's delivery tags in the Redis set ``key`` (None: stop).
+
+    With ``fence`` (the worker's fence key), a delivery made after the worker was declared
+    dead is not recorded: the message goes back to the head of its queue and ``on_fenced``
+    runs; in a worker it must not return (it exits), since the message runs elsewhere.
+    With ``client``, an ack or a requeue on a channel that lost its connection is done
+    through it: otherwise the record stays held by this live worker until the visibility
+    timeout (300 s), out of the reaper's and the sweepers' reach.
+    """
+    global _held_key, _fence_key, _on_fenced, _spare
     _held_key = key
+    _fence_key = fence if key is not None else None
+    _on_fenced = on_fenced
+    _spare = client
+
+
+def _ack_spare(delivery_tag: str) -> bool:
+    """kombu's ack (and our held-set removal) through the spare client; False if none."""
+    if _spare is None:
+        return False
+    pipe = _spare.pipeline(transaction=False)
+    pipe.zrem(kombu_redis.Channel.unacked_index_key, delivery_tag)
+    pipe.hdel(kombu_redis.Channel.unacked_key, delivery_tag)
+    if _held_key is not None:
+        pipe.srem(_held_key, delivery_tag)
+    pipe.execute()
+    return True
+
+
+def _requeue_spare(delivery_tag: str) -> bool:
+    """Put an unacked message back at the head of its queue through the spare client."""
+    if _spare is None or _held_key is None:
+        return False
+    raw = _spare.hget(kombu_redis.Channel.unacked_key, delivery_tag)
+    if raw is None:  # restored or acked already
+        _spare.srem(_held_key, delivery_tag)
+        return True
+    message, _exchange, routing_key = loads(raw)  # type: ignore[no-untyped-call]
+    message.setdefault("headers", {})["redelivered"] = True
+    keys = [kombu_redis.Channel.unacked_key, kombu_redis.Channel.unacked_index_key, _held_key]
+    # The same guarded move as a hand-back (handback.py): back once, at the head.
+    _spare.register_script(_RESTORE_LUA)(
+        keys=[*keys, str(routing_key)],
+        args=[delivery_tag, dumps(message)],  # type: ignore[no-untyped-call]
+    )
+    return True
 
 
 class QoS(kombu_redis.QoS):
@@ -81,11 +140,23 @@ class QoS(kombu_redis.QoS):
             [message._raw, delivery["exchange"], delivery["routing_key"]]
         )
         keys = [self.unacked_index_key, self.unacked_key]
+        queued = ""
         if _held_key is not None:
             keys.append(_held_key)
+            if _fence_key is not None:
+                # Our queues are declared with routing key == queue name (see handback.py).
+                keys += [_fence_key, str(delivery["routing_key"])]
+                queued = dumps(message._raw)  # type: ignore[no-untyped-call]
         with self.channel.conn_or_acquire() as client:
             now = time.time()
-            kombu_append(client, keys, delivery_time=now, tag=delivery_tag, message_json=raw)
+            recorded = kombu_append(client, keys, delivery_time=now, tag=delivery_tag,
+                                    message_json=raw, queued_json=queued)  # fmt: skip
+        if not recorded:
+            logger.critical(
+                "declared dead while fetching: message %s went back to its queue", delivery_tag
+            )
+            if _on_fenced is not None:
+                _on_fenced()
         virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
@@ -99,8 +170,8 @@ class QoS(kombu_redis.QoS):
             return super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except AttributeError:
             logger.warning(
-                "broker connection gone: %d unacked message(s) will be restored by the "
-                "visibility-timeout sweep",
+                "broker connection gone: %d unacked message(s) stay held; their tasks ack "
+                "or requeue them through the worker's own client",
                 len(self._delivered),
             )
             self._delivered.clear()
@@ -110,7 +181,19 @@ class QoS(kombu_redis.QoS):
         try:
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
         except AttributeError:
-            logger.warning("ack on a dropped broker connection; the message will be redelivered")
+            self._on_dropped(delivery_tag, _ack_spare, "ack")
+
+    def _on_dropped(self, tag: Any, spare: Callable[[str], bool], what: str) -> None:
+        """An ack or requeue kombu's dropped channel could not send: send it ourselves."""
+        try:
+            done = spare(str(tag))
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("%s on a dropped broker connection failed again (%s)", what, exc)
+            done = False
+        if not done:
+            logger.warning("%s on a dropped broker connection; the reaper or the "
+                           "visibility timeout restores the message", what)  # fmt: skip
+        self._delivered.pop(tag, None)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
@@ -122,7 +205,7 @@ class QoS(kombu_redis.QoS):
                 return
             super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
         except AttributeError:
-            logger.warning("reject on a dropped broker connection; the sweep restores it")
+            self._on_dropped(delivery_tag, _requeue_spare if requeue else _ack_spare, "reject")
 
 
 class Channel(kombu_redis.Channel):

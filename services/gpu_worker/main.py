@@ -62,7 +62,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.common.ports import PortUse, describe_taken
     from services.gpu_worker.broker import TRANSPORT_PATH, record_holdings
     from services.gpu_worker.gpu_stats import start_gpu_sampler
-    from services.gpu_worker.handback import HandBack, held_key
+    from services.gpu_worker.handback import HandBack, fence_key, held_key
     from services.gpu_worker.heartbeat import Heartbeat
     from services.gpu_worker.metrics import WorkerMetrics
     from services.gpu_worker.reaper import Reaper
@@ -148,7 +148,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     # runs at a time. Two batches in flight (one running, one decoded or gathering): the
     # prefetch (= concurrency, multiplier 1) is what a dead or stopping worker holds.
     concurrency = 2 * settings.max_batch_size
-    record_holdings(held_key(worker_id))
+    record_holdings(held_key(worker_id), fence_key(worker_id), _exit_fenced, client)
     worker = app.Worker(
         # The PID keeps two workers on one host (same device label and index) apart.
         hostname=f"visionq-{label}-{index}-{os.getpid()}@{socket.gethostname()}",

@@ -13,6 +13,12 @@ per-worker lock then, in this order:
    claimed is then claimed again as a redelivery, its delivery counted;
 3. asks the lost-message sweeper for a prompt pass, for a message the dead worker popped
    (BRPOP) but had not yet recorded as unacked.
+
+Every poll it also gives back orphans: ``unacked`` records fetched more than
+``ORPHAN_GRACE_S`` ago that no registered worker's held set names (handback.py). None
+should exist (a fenced worker can no longer record a delivery, see broker.py); this is
+the net under whatever else could strand one (a held set lost in a Redis restart, a
+consumer that records no holdings), which only the visibility timeout would catch.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from services.gpu_worker.handback import WORKERS_INDEX, HandBack, fence_key, hel
 logger = logging.getLogger(__name__)
 
 FENCE_TTL_S = 86400  # outlives any pause a worker could come back from
+# Recording a delivery and its holder is one script, so a record with no holder is an orphan
+# at once; the grace only spares records of a worker registering right now and clock skew.
+ORPHAN_GRACE_S = 5.0
 
 
 class Reaper:
@@ -78,6 +87,7 @@ class Reaper:
         while not self._stop.wait(self._poll_s):
             try:
                 self.check()
+                self.restore_orphans()
             except (redis.RedisError, OSError) as exc:
                 # Seen from here, nobody could beat meanwhile: start every count again.
                 self._missing.clear()
@@ -107,6 +117,17 @@ class Reaper:
         for gone in set(self._missing) - set(others):
             del self._missing[gone]
         return reaped
+
+    def restore_orphans(self, now: float | None = None) -> list[str]:
+        """Give back the unacked messages no registered worker holds; returns their jobs."""
+        jobs = self._handback.restore_orphans(ORPHAN_GRACE_S, now)
+        if jobs:
+            logger.warning(
+                "gave back %d unacked message(s) no live worker held: %s",
+                len(jobs),
+                ", ".join(sorted(jobs)[:10]),
+            )
+        return jobs
 
     def reap(self, worker_id: str) -> bool:
         """Fence a dead worker and hand its messages back; False if another reaper has it."""

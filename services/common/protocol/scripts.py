@@ -194,11 +194,24 @@ async def take_token(
 
 
 def kombu_append(
-    client: redis.Redis, keys: list[str], *, delivery_time: float, tag: str, message_json: str
-) -> None:
-    """kombu's unacked record of a delivered message (``keys``: index zset, hash, and
-    optionally a set of the tags one worker holds), even while Redis is full."""
-    client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=[delivery_time, tag, message_json])
+    client: redis.Redis,
+    keys: list[str],
+    *,
+    delivery_time: float,
+    tag: str,
+    message_json: str,
+    queued_json: str = "",
+) -> bool:
+    """kombu's unacked record of a delivered message, even while Redis is full.
+
+    ``keys``: index zset, hash, and optionally a set of the tags one worker holds, then
+    that worker's fence key and the message's queue. A fenced worker's message goes back
+    to the head of its queue (``queued_json``, as it sat there) instead: returns False.
+    """
+    args: list[str | float] = [delivery_time, tag, message_json]
+    if len(keys) > 3:
+        args.append(queued_json)
+    return bool(int(client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=args)))
 
 
 def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:

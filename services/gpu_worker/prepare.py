@@ -133,6 +133,11 @@ def build_prepared(
     skipped: list[WorkItem] = []
     todo: list[tuple[WorkItem, Claim, BaseModel]] = []
     for item, claim in zip(items, claims, strict=True):
+        if claim.verdict == "image_missing":
+            # Claimed (running, ours) but its bytes vanished right after: end it here.
+            message = "the image bytes expired before a worker reached the job"
+            prepared.ended.append((item, _failure(item, claim, "image_missing", message, 0)))
+            continue
         if claim.verdict != "run":
             # Already terminal (cancelled, expired, poison, redelivered after success):
             # the claim script stored what there was to store.

@@ -86,6 +86,48 @@ def test_submit_refuses_over_the_depth_and_writes_nothing(server: RedisServer, c
     assert not client.exists(job_key("a"), image_key("a"))
 
 
+def test_submit_refusals_and_replays_leave_no_image(server: RedisServer, client):
+    # The images are written in the submit's pipeline before the script decides.
+    client.rpush(queue_name(MODEL), "x", "y")
+    assert _submit(server.url, ["a", "b"], max_depth=3) == -1
+    assert not client.keys("vq:img:*")
+    client.delete(queue_name(MODEL))
+
+    async def twice() -> list[int | bytes]:
+        async with aioredis.Redis.from_url(server.url) as c:
+            return [
+                await submit_jobs(
+                    c,
+                    queue=queue_name(MODEL),
+                    jobs=[NewJob(job_id, "f.jpg", b"img")],
+                    max_depth=100,
+                    job_ttl_s=600,
+                    model=MODEL,
+                    created=time.time(),
+                    params_json="{}",
+                    deadline=None,
+                    lane="interactive",
+                    idempotency=("vq:idem:test", "first"),
+                )
+                for job_id in ("c", "d")
+            ]
+
+    first, replay = asyncio.run(twice())
+    assert first == 0 and replay == b"first"
+    assert client.exists(image_key("c")) and not client.exists(image_key("d"), job_key("d"))
+
+
+def test_scripts_reload_after_a_script_flush(server: RedisServer, client: redis.Redis):
+    # A restarted Redis has no scripts cached: the pipelines load them and go on.
+    client.script_flush()
+    assert _submit(server.url, ["a"]) == 0
+    client.script_flush()
+    (claim,) = _store(client).claim(["a"], "w1")
+    assert claim.verdict == "run" and claim.image == b"img-a"
+    client.script_flush()
+    assert _store(client).finish([Outcome("a", Status.SUCCEEDED, result={"x": 1})], "w1") == 1
+
+
 def test_claim_runs_counts_and_hands_back_params(server: RedisServer, client: redis.Redis):
     _submit(server.url, ["a", "b"])
     claims = _store(client).claim(["a", "b"], "w1")
@@ -191,3 +233,21 @@ def test_sweeper_republishes_a_lost_message(server: RedisServer, client: redis.R
     messages = client.lrange(queue_name(MODEL), 0, -1)
     assert len(messages) == 1 and b"lost" in messages[0]
     assert client.zscore(QUEUED_INDEX, "lost") is not None  # still waiting for a claim
+
+
+def test_a_claimed_job_whose_image_vanished_ends_image_missing() -> None:
+    from pydantic import BaseModel
+
+    from services.common.protocol.scripts import ClaimReply
+    from services.gpu_worker.prepare import WorkItem, build_prepared
+
+    class NoParams(BaseModel):
+        pass
+
+    gone = ClaimReply(verdict="image_missing", deliveries=1, created=None, params="", image=b"")
+    prepared, skipped = build_prepared(
+        MODEL, [WorkItem("j1", MODEL)], [gone], lambda d, p: d, NoParams, None, 0.0
+    )
+    ((item, outcome),) = prepared.ended
+    assert item.job_id == "j1" and not skipped and not prepared.run_items
+    assert outcome.error is not None and outcome.error["code"] == "image_missing"

@@ -35,6 +35,7 @@ class WorkItem:
     model: str
     received: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
+    delivery_tag: str = ""  # its message's kombu tag: acked with the result (acks.py)
     requeue: bool = False  # set when the worker gives the message back unprocessed
     outcome: Outcome | None = None  # what was stored, when this worker ran the job
 

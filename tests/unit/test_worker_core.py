@@ -251,3 +251,30 @@ def test_a_claimed_job_whose_image_vanished_ends_image_missing() -> None:
     ((item, outcome),) = prepared.ended
     assert item.job_id == "j1" and not skipped and not prepared.run_items
     assert outcome.error is not None and outcome.error["code"] == "image_missing"
+
+
+def test_finish_acks_the_batch_messages_with_their_results(server: RedisServer, client):
+    from services.common.protocol.scripts import AckKeys
+    from services.gpu_worker import acks
+
+    _submit(server.url, ["a", "b"])
+    store = _store(client)
+    store.acks = AckKeys("unacked_index", "unacked", "vq:held:w1")
+    for tag in ("t-a", "t-b", "t-other"):
+        client.zadd("unacked_index", {tag: time.time()})
+        client.hset("unacked", tag, "{}")
+        client.sadd("vq:held:w1", tag)
+    store.claim(["a", "b"], "w1")
+    # "b" is no longer this worker's: its result is refused, its message acked all the same.
+    client.hset(job_key("b"), "worker", "w2")
+    outcomes = [Outcome(j, Status.SUCCEEDED, result={"x": 1}) for j in ("a", "b")]
+    assert store.finish(outcomes, "w1", tags=["t-a", "t-b"]) == 1
+    assert client.zrange("unacked_index", 0, -1) == [b"t-other"]
+    assert client.hkeys("unacked") == [b"t-other"]
+    assert client.smembers("vq:held:w1") == {b"t-other"}
+    # Without tags nothing of kombu's is touched.
+    assert store.finish([Outcome("a", Status.SUCCEEDED)], "w1") == 0
+    assert client.hkeys("unacked") == [b"t-other"]
+    acks.settle(["t-a", ""])
+    assert acks.take_settled("t-a") and not acks.take_settled("t-a")
+    assert not acks.take_settled("")

@@ -66,6 +66,14 @@ class Lua:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.text.encode()).hexdigest())
 
+    def run(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA alone (EVAL-free: the text is loaded once when the server lacks it)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.text)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
     def pipe(
         self,
         client: redis.Redis,
@@ -121,6 +129,7 @@ _CLAIM = Lua(CLAIM_LUA)
 _FINISH = Lua(FINISH_LUA)
 CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
 KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)  # the files carry their own flag
+_KOMBU_APPEND = Lua(KOMBU_APPEND_LUA)  # once per delivered message
 KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 
@@ -243,6 +252,20 @@ class JobEnd:
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     timings: dict[str, Any] | None = None
+    delivery_tag: str = ""  # its message, acked with the result ('' : acked by kombu)
+
+
+@dataclass(frozen=True)
+class AckKeys:
+    """Where kombu keeps a worker's unacked messages: what an ack deletes from."""
+
+    index: str  # zset: delivery tag -> delivery time
+    table: str  # hash: delivery tag -> message
+    held: str  # set: the tags this worker holds (gpu_worker/handback.py)
+
+
+# Keys no message is ever recorded under: a finish without acks touches nothing there.
+NO_ACKS = AckKeys("vq:no-acks", "vq:no-acks", "vq:no-acks")
 
 
 def _json(value: dict[str, Any] | None) -> str:
@@ -250,19 +273,28 @@ def _json(value: dict[str, Any] | None) -> str:
 
 
 def finish_jobs(
-    client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int, worker: str
+    client: redis.Redis,
+    ends: list[JobEnd],
+    *,
+    now: float,
+    result_ttl_s: int,
+    worker: str,
+    acks: AckKeys = NO_ACKS,
 ) -> list[bool]:
-    """Store every outcome ``worker`` still owns, drop the images, wake the waiters.
+    """Store every outcome ``worker`` still owns, drop the images, wake the waiters, and
+    ack each end's message (its ``delivery_tag``) whether or not its result was stored.
 
     One call per batch; per job, whether it was stored (see lua/finish.lua: a job claimed
     again elsewhere, or already ended, is not).
     """
     if not ends:
         return []
-    keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs([e.job_id for e in ends])]
+    keys = [DONE_CHANNEL, QUEUED_INDEX, acks.index, acks.table, acks.held]
+    keys += job_pairs([e.job_id for e in ends])
     args: list[Any] = [now, result_ttl_s, worker]
     for end in ends:
-        args += [end.job_id, end.status, _json(end.result), _json(end.error), _json(end.timings)]
+        args += [end.job_id, end.status, _json(end.result), _json(end.error)]
+        args += [_json(end.timings), end.delivery_tag]
     (raw,) = _FINISH.pipe(client, keys, args)
     return [bool(int(flag)) for flag in raw]
 
@@ -298,7 +330,7 @@ def kombu_append(
 ) -> None:
     """kombu's unacked record of a delivered message (``keys``: index zset, hash, and
     optionally a set of the tags one worker holds), even while Redis is full."""
-    client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=[delivery_time, tag, message_json])
+    _KOMBU_APPEND.run(client, keys, [delivery_time, tag, message_json])
 
 
 def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:

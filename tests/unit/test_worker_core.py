@@ -278,3 +278,29 @@ def test_finish_acks_the_batch_messages_with_their_results(server: RedisServer, 
     acks.settle(["t-a", ""])
     assert acks.take_settled("t-a") and not acks.take_settled("t-a")
     assert not acks.take_settled("")
+
+
+def test_submit_enqueues_each_message_with_its_job_and_the_trace_carrier(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    async def go() -> int | bytes:
+        async with aioredis.Redis.from_url(server.url) as c:
+            return await submit_jobs(
+                c,
+                queue=queue_name(MODEL),
+                jobs=[NewJob(j, f"{j}.jpg", b"img", message=f"msg-{j}") for j in ("a", "b")],
+                max_depth=100,
+                job_ttl_s=600,
+                model=MODEL,
+                created=time.time(),
+                params_json="{}",
+                deadline=None,
+                lane="interactive",
+                carrier={"traceparent": "00-abc-def-01"},
+            )
+
+    assert asyncio.run(go()) == 0
+    # kombu's order: LPUSH, consumed from the right (BRPOP): first in, first out.
+    assert client.lrange(queue_name(MODEL), 0, -1) == [b"msg-b", b"msg-a"]
+    assert client.hget(job_key("a"), "traceparent") == b"00-abc-def-01"
+    assert client.hget(job_key("b"), "status") == b"queued"

@@ -135,11 +135,13 @@ KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 @dataclass(frozen=True)
 class NewJob:
-    """One job to store: its id, the client's file name and the image bytes."""
+    """One job to store: its id, the client's file name, the image bytes and the Celery
+    message that the script pushes onto the queue ('' to store the job only)."""
 
     job_id: str
     filename: str
     image: bytes
+    message: str = ""
 
 
 async def submit_jobs(
@@ -156,9 +158,11 @@ async def submit_jobs(
     lane: str,
     max_bytes: int = 0,
     idempotency: tuple[str, str] | None = None,
+    carrier: dict[str, str] | None = None,
 ) -> int | bytes:
-    """Store the jobs' records and images, or nothing: -1 when the queue is too deep, -2
-    when Redis's used memory plus the images would pass ``max_bytes`` (0: no such limit).
+    """Store the jobs' records and images and push their messages, or nothing: -1 when the
+    queue is too deep, -2 when Redis's used memory plus the images would pass ``max_bytes``
+    (0: no such limit). ``carrier`` (trace context) is written into every record.
 
     ``idempotency`` is (key, record): the record is stored under the key with the jobs; when
     the key is already there, the stored record (bytes) comes back and nothing is written.
@@ -172,8 +176,9 @@ async def submit_jobs(
     args: list[Any] = [max_depth, job_ttl_s, model, created, params_json]
     args += ["" if deadline is None else deadline, lane]
     args += [idempotency[1] if idempotency else "", max_bytes]
+    args += [json.dumps(carrier) if carrier else ""]
     for job in jobs:
-        args += [job.job_id, job.filename]
+        args += [job.job_id, job.filename, job.message]
     if idempotency is not None:
         keys.append(idempotency[0])
 

@@ -14,7 +14,9 @@ from services.api.state import ApiState
 from services.common.errors import Unauthorized
 
 
-def get_state(request: Request) -> ApiState:
+# The dependencies are coroutines though they never wait: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hop per dependency per request.
+async def get_state(request: Request) -> ApiState:
     """The ApiState created in the lifespan."""
     state: ApiState = request.app.state.visionq
     return state
@@ -58,7 +60,7 @@ def key_matches(given: str, digests: tuple[bytes, ...]) -> bool:
     return ok
 
 
-def require_api_key(state: StateDep, bearer: BearerDep, header: HeaderDep) -> bytes | None:
+async def require_api_key(state: StateDep, bearer: BearerDep, header: HeaderDep) -> bytes | None:
     """401 unless a configured key is given; the key's digest, or None when keys are off."""
     digests = state.settings.key_digests
     if not digests:

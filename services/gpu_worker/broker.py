@@ -44,6 +44,7 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
 from services.common.protocol.scripts import kombu_append, kombu_bind, script_text
+from services.gpu_worker.acks import take_settled
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ class QoS(kombu_redis.QoS):
             return None
 
     def ack(self, delivery_tag: Any) -> None:
+        if take_settled(delivery_tag):  # acked in Redis with its result (acks.py)
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         try:
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
         except AttributeError:

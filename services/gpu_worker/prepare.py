@@ -35,6 +35,7 @@ class WorkItem:
     model: str
     received: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
+    delivery_tag: str = ""  # its message's kombu tag: acked with the result (acks.py)
     requeue: bool = False  # set when the worker gives the message back unprocessed
     outcome: Outcome | None = None  # what was stored, when this worker ran the job
 
@@ -133,6 +134,11 @@ def build_prepared(
     skipped: list[WorkItem] = []
     todo: list[tuple[WorkItem, Claim, BaseModel]] = []
     for item, claim in zip(items, claims, strict=True):
+        if claim.verdict == "image_missing":
+            # Claimed (running, ours) but its bytes vanished right after: end it here.
+            message = "the image bytes expired before a worker reached the job"
+            prepared.ended.append((item, _failure(item, claim, "image_missing", message, 0)))
+            continue
         if claim.verdict != "run":
             # Already terminal (cancelled, expired, poison, redelivered after success):
             # the claim script stored what there was to store.

@@ -23,7 +23,7 @@ import redis
 from models.specs import ModelSpec
 from services.common.logs import log_context
 from services.common.settings import WorkerSettings
-from services.gpu_worker import job_trace
+from services.gpu_worker import acks, job_trace
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, available_cpus, default_threads
 from services.gpu_worker.handback import HandBack
@@ -108,12 +108,15 @@ class Runtime:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def submit(self, job_id: str, model: str, urgent: bool = True) -> WorkItem:
+    def submit(
+        self, job_id: str, model: str, urgent: bool = True, delivery_tag: str = ""
+    ) -> WorkItem:
         """Queue one delivered job for batching; the caller waits on ``item.done``.
 
-        Interactive jobs are urgent: they join the next batch ahead of bulk jobs.
+        Interactive jobs are urgent: they join the next batch ahead of bulk jobs. The
+        message's ``delivery_tag`` lets the batch's store ack it (store.acks).
         """
-        item = WorkItem(job_id, model)
+        item = WorkItem(job_id, model, delivery_tag=delivery_tag)
         if model not in self._served or self._handing_back.is_set():
             item.release(requeue=True)
             return item
@@ -281,17 +284,22 @@ class Runtime:
                 if outcome.result is not None:
                     outcome.result["random_weights"] = True
         outcomes += [outcome for _, outcome in prepared.ended]
+        items = prepared.run_items + [item for item, _ in prepared.ended]
+        # The store acks the messages with their results (one round trip for the batch).
+        tags = [item.delivery_tag for item in items] if self.store.acks is not None else []
         start = time.perf_counter()
         stored = self.store.finish_until_stored(
             outcomes,
             self.worker_id,
             self.settings.visibility_timeout_s,
             hurry=self._handing_back.is_set,
+            tags=tags if all(tags) else (),
         )
         store_s = time.perf_counter() - start
+        if stored and tags and all(tags):
+            acks.settle(tags)  # before any task returns: Celery's ack then skips Redis
         if stored and prepared.trace is not None:
             job_trace.finish(prepared, outcomes, (forward_start, forward_end), self.device_label)
-        items = prepared.run_items + [item for item, _ in prepared.ended]
         for item, outcome in zip(items, outcomes, strict=True):
             item.release(requeue=not stored, outcome=outcome)
         if stored:

@@ -12,7 +12,14 @@ from typing import Any
 import redis
 
 from services.common.jobs import Status, job_key
-from services.common.protocol.scripts import ClaimReply, JobEnd, claim_jobs, finish_jobs
+from services.common.protocol.scripts import (
+    NO_ACKS,
+    AckKeys,
+    ClaimReply,
+    JobEnd,
+    claim_jobs,
+    finish_jobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ class JobStore:
         self._client = client
         self._result_ttl_s = result_ttl_s
         self._max_deliveries = max_deliveries
+        # Where kombu records this worker's unacked messages; when set, ``finish`` acks the
+        # messages it is given with their results (see acks.py). tasks.py sets it.
+        self.acks: AckKeys | None = None
 
     @property
     def client(self) -> redis.Redis:
@@ -61,15 +71,27 @@ class JobStore:
             solo=solo,
         )
 
-    def finish(self, outcomes: Sequence[Outcome], worker: str) -> int:
+    def finish(self, outcomes: Sequence[Outcome], worker: str, tags: Sequence[str] = ()) -> int:
         """Store every outcome this worker still owns, drop the images, wake waiters.
 
         One script call. Returns how many were stored; the others belong to another worker
-        now (this one was declared dead and came back) or had ended already.
+        now (this one was declared dead and came back) or had ended already. With ``acks``
+        set, ``tags`` (the outcomes' delivery tags, in order) are acked in the same call.
         """
-        ends = [JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings) for o in outcomes]
+        acks = self.acks if tags else None
+        if acks is not None and len(tags) != len(outcomes):
+            raise ValueError(f"{len(tags)} delivery tags for {len(outcomes)} outcomes")
+        ends = [
+            JobEnd(o.job_id, o.status.value, o.result, o.error, o.timings, tags[i] if acks else "")
+            for i, o in enumerate(outcomes)
+        ]
         flags = finish_jobs(
-            self._client, ends, now=time.time(), result_ttl_s=self._result_ttl_s, worker=worker
+            self._client,
+            ends,
+            now=time.time(),
+            result_ttl_s=self._result_ttl_s,
+            worker=worker,
+            acks=acks or NO_ACKS,
         )
         stored = sum(flags)
         if stored < len(outcomes):
@@ -87,6 +109,7 @@ class JobStore:
         worker: str,
         stop_after_s: float,
         hurry: Callable[[], bool] = lambda: False,
+        tags: Sequence[str] = (),
     ) -> bool:
         """Retry ``finish`` while Redis is away: a result not stored must not be acked.
 
@@ -97,7 +120,7 @@ class JobStore:
         delay = 0.1
         while True:
             try:
-                self.finish(outcomes, worker)
+                self.finish(outcomes, worker, tags)
                 return True
             except redis.RedisError as exc:
                 spent = time.monotonic() - start

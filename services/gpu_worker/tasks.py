@@ -14,6 +14,9 @@ from celery.exceptions import Reject
 
 from services.common.jobs import INTERACTIVE, TASK_NAME
 from services.common.logs import log_context
+from services.common.protocol.scripts import AckKeys
+from services.gpu_worker.broker import TRANSPORT_PATH
+from services.gpu_worker.handback import UNACKED_INDEX_KEY, UNACKED_KEY, held_key
 from services.gpu_worker.runtime import Runtime
 from services.gpu_worker.task_states import JobFailed, finish_task
 
@@ -52,13 +55,20 @@ class HandBackStep(bootsteps.StartStopStep):  # type: ignore[misc]
 def register_tasks(app: Celery, runtime: Runtime) -> None:
     """Bind ``visionq.infer`` on ``app`` to this process's runtime; add the hand-back step."""
 
+    # With our broker transport, a batch's results and acks are stored in one step
+    # (acks.py); its QoS then skips the Redis half of Celery's per-message ack.
+    acked = app.conf.broker_transport == TRANSPORT_PATH
+    if acked:
+        runtime.store.acks = AckKeys(UNACKED_INDEX_KEY, UNACKED_KEY, held_key(runtime.worker_id))
+
     # Bound, and throws JobFailed: the task ends as its job did (task_states.py).
     @app.task(  # type: ignore[untyped-decorator]
         bind=True, name=TASK_NAME, acks_late=True, ignore_result=True, throws=(JobFailed,)
     )
     def infer(self: Any, job_id: str, model: str, lane: str = INTERACTIVE) -> str:
         with log_context(job_id=job_id):
-            item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE)
+            tag = (self.request.properties or {}).get("delivery_tag") or "" if acked else ""
+            item = runtime.submit(job_id, model, urgent=lane == INTERACTIVE, delivery_tag=tag)
             item.done.wait()
             if item.requeue:
                 # Not processed (shutting down, or Redis lost): give the message back intact.

@@ -86,6 +86,48 @@ def test_submit_refuses_over_the_depth_and_writes_nothing(server: RedisServer, c
     assert not client.exists(job_key("a"), image_key("a"))
 
 
+def test_submit_refusals_and_replays_leave_no_image(server: RedisServer, client):
+    # The images are written in the submit's pipeline before the script decides.
+    client.rpush(queue_name(MODEL), "x", "y")
+    assert _submit(server.url, ["a", "b"], max_depth=3) == -1
+    assert not client.keys("vq:img:*")
+    client.delete(queue_name(MODEL))
+
+    async def twice() -> list[int | bytes]:
+        async with aioredis.Redis.from_url(server.url) as c:
+            return [
+                await submit_jobs(
+                    c,
+                    queue=queue_name(MODEL),
+                    jobs=[NewJob(job_id, "f.jpg", b"img")],
+                    max_depth=100,
+                    job_ttl_s=600,
+                    model=MODEL,
+                    created=time.time(),
+                    params_json="{}",
+                    deadline=None,
+                    lane="interactive",
+                    idempotency=("vq:idem:test", "first"),
+                )
+                for job_id in ("c", "d")
+            ]
+
+    first, replay = asyncio.run(twice())
+    assert first == 0 and replay == b"first"
+    assert client.exists(image_key("c")) and not client.exists(image_key("d"), job_key("d"))
+
+
+def test_scripts_reload_after_a_script_flush(server: RedisServer, client: redis.Redis):
+    # A restarted Redis has no scripts cached: the pipelines load them and go on.
+    client.script_flush()
+    assert _submit(server.url, ["a"]) == 0
+    client.script_flush()
+    (claim,) = _store(client).claim(["a"], "w1")
+    assert claim.verdict == "run" and claim.image == b"img-a"
+    client.script_flush()
+    assert _store(client).finish([Outcome("a", Status.SUCCEEDED, result={"x": 1})], "w1") == 1
+
+
 def test_claim_runs_counts_and_hands_back_params(server: RedisServer, client: redis.Redis):
     _submit(server.url, ["a", "b"])
     claims = _store(client).claim(["a", "b"], "w1")
@@ -191,3 +233,74 @@ def test_sweeper_republishes_a_lost_message(server: RedisServer, client: redis.R
     messages = client.lrange(queue_name(MODEL), 0, -1)
     assert len(messages) == 1 and b"lost" in messages[0]
     assert client.zscore(QUEUED_INDEX, "lost") is not None  # still waiting for a claim
+
+
+def test_a_claimed_job_whose_image_vanished_ends_image_missing() -> None:
+    from pydantic import BaseModel
+
+    from services.common.protocol.scripts import ClaimReply
+    from services.gpu_worker.prepare import WorkItem, build_prepared
+
+    class NoParams(BaseModel):
+        pass
+
+    gone = ClaimReply(verdict="image_missing", deliveries=1, created=None, params="", image=b"")
+    prepared, skipped = build_prepared(
+        MODEL, [WorkItem("j1", MODEL)], [gone], lambda d, p: d, NoParams, None, 0.0
+    )
+    ((item, outcome),) = prepared.ended
+    assert item.job_id == "j1" and not skipped and not prepared.run_items
+    assert outcome.error is not None and outcome.error["code"] == "image_missing"
+
+
+def test_finish_acks_the_batch_messages_with_their_results(server: RedisServer, client):
+    from services.common.protocol.scripts import AckKeys
+    from services.gpu_worker import acks
+
+    _submit(server.url, ["a", "b"])
+    store = _store(client)
+    store.acks = AckKeys("unacked_index", "unacked", "vq:held:w1")
+    for tag in ("t-a", "t-b", "t-other"):
+        client.zadd("unacked_index", {tag: time.time()})
+        client.hset("unacked", tag, "{}")
+        client.sadd("vq:held:w1", tag)
+    store.claim(["a", "b"], "w1")
+    # "b" is no longer this worker's: its result is refused, its message acked all the same.
+    client.hset(job_key("b"), "worker", "w2")
+    outcomes = [Outcome(j, Status.SUCCEEDED, result={"x": 1}) for j in ("a", "b")]
+    assert store.finish(outcomes, "w1", tags=["t-a", "t-b"]) == 1
+    assert client.zrange("unacked_index", 0, -1) == [b"t-other"]
+    assert client.hkeys("unacked") == [b"t-other"]
+    assert client.smembers("vq:held:w1") == {b"t-other"}
+    # Without tags nothing of kombu's is touched.
+    assert store.finish([Outcome("a", Status.SUCCEEDED)], "w1") == 0
+    assert client.hkeys("unacked") == [b"t-other"]
+    acks.settle(["t-a", ""])
+    assert acks.take_settled("t-a") and not acks.take_settled("t-a")
+    assert not acks.take_settled("")
+
+
+def test_submit_enqueues_each_message_with_its_job_and_the_trace_carrier(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    async def go() -> int | bytes:
+        async with aioredis.Redis.from_url(server.url) as c:
+            return await submit_jobs(
+                c,
+                queue=queue_name(MODEL),
+                jobs=[NewJob(j, f"{j}.jpg", b"img", message=f"msg-{j}") for j in ("a", "b")],
+                max_depth=100,
+                job_ttl_s=600,
+                model=MODEL,
+                created=time.time(),
+                params_json="{}",
+                deadline=None,
+                lane="interactive",
+                carrier={"traceparent": "00-abc-def-01"},
+            )
+
+    assert asyncio.run(go()) == 0
+    # kombu's order: LPUSH, consumed from the right (BRPOP): first in, first out.
+    assert client.lrange(queue_name(MODEL), 0, -1) == [b"msg-b", b"msg-a"]
+    assert client.hget(job_key("a"), "traceparent") == b"00-abc-def-01"
+    assert client.hget(job_key("b"), "status") == b"queued"

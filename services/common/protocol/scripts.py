@@ -3,7 +3,10 @@
 Scripts live as ``lua/*.lua`` files; the ones that end jobs are prefixed with
 ``lua/finish_fn.lua``, the one place that says what ending a job means. Every key a script
 touches is passed in KEYS (see keys.py), so a Redis Cluster with hash tags could run them.
-Each call goes through ``register_script`` (EVALSHA, falling back to EVAL once per server).
+Each call goes through ``register_script`` (EVALSHA, falling back to EVAL once per server),
+except the three hot ones (submit, claim, finish), which run as EVALSHA inside a pipeline
+with the plain commands that move the image bytes (``Lua.pipe``): big strings cost Redis
+far more through Lua than through SET and MGET.
 
 The scripts a full Redis must still run (``maxmemory`` reached, ``noeviction``) start with
 ``#!lua flags=allow-oom``: ending, claiming and cancelling jobs, the rate-limit bucket, the
@@ -14,8 +17,10 @@ must stop first when memory runs out (services/common/redis_memory.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from services.common.protocol.keys import (
     DONE_CHANNEL,
     QUEUED_INDEX,
     RATE_LIMIT_PREFIX,
+    image_key,
     job_pairs,
 )
 
@@ -46,21 +52,96 @@ def script_text(name: str) -> str:
     return _text(name, ends_jobs=False)
 
 
+@dataclass(frozen=True)
+class Lua:
+    """One script's text and SHA1: run by EVALSHA, loaded once when the server lacks it.
+
+    redis-py's ``register_script`` builds a Script (hashing the text) per call, and in a
+    pipeline asks SCRIPT EXISTS first: a round trip per execute. These calls ask nothing.
+    """
+
+    text: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode()).hexdigest())
+
+    def run(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA alone (EVAL-free: the text is loaded once when the server lacks it)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.text)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def pipe(
+        self,
+        client: redis.Redis,
+        keys: list[str],
+        args: list[Any],
+        before: Callable[[Any], None] = lambda _: None,
+        after: Callable[[Any], None] = lambda _: None,
+    ) -> list[Any]:
+        """One round trip: ``before``'s commands, the script, ``after``'s; their replies.
+
+        A non-transactional pipeline (a full Redis refuses a whole MULTI, even its reads);
+        the first error is raised. The script's server-side cache is filled on NOSCRIPT.
+        """
+        for attempt in (0, 1):
+            pipe = client.pipeline(transaction=False)
+            before(pipe)
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            after(pipe)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                client.script_load(self.text)
+        raise AssertionError("unreachable")
+
+    async def apipe(
+        self,
+        client: aioredis.Redis,
+        keys: list[str],
+        args: list[Any],
+        before: Callable[[Any], None] = lambda _: None,
+    ) -> list[Any]:
+        """The asyncio twin of :meth:`pipe` (commands before the script only)."""
+        for attempt in (0, 1):
+            pipe = client.pipeline(transaction=False)
+            before(pipe)
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return list(await pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                await client.script_load(self.text)
+        raise AssertionError("unreachable")
+
+
 SUBMIT_LUA = _text("submit", ends_jobs=False)
 CLAIM_LUA = _text("claim", ends_jobs=True, allow_oom=True)
 FINISH_LUA = _text("finish", ends_jobs=True, allow_oom=True)
+_SUBMIT = Lua(SUBMIT_LUA)
+_CLAIM = Lua(CLAIM_LUA)
+_FINISH = Lua(FINISH_LUA)
 CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
 KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)  # the files carry their own flag
+_KOMBU_APPEND = Lua(KOMBU_APPEND_LUA)  # once per delivered message
 KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 
 @dataclass(frozen=True)
 class NewJob:
-    """One job to store: its id, the client's file name and the image bytes."""
+    """One job to store: its id, the client's file name, the image bytes and the Celery
+    message that the script pushes onto the queue ('' to store the job only)."""
 
     job_id: str
     filename: str
     image: bytes
+    message: str = ""
 
 
 async def submit_jobs(
@@ -77,23 +158,41 @@ async def submit_jobs(
     lane: str,
     max_bytes: int = 0,
     idempotency: tuple[str, str] | None = None,
+    carrier: dict[str, str] | None = None,
 ) -> int | bytes:
-    """Store the jobs' records and images, or nothing: -1 when the queue is too deep, -2
-    when Redis's used memory plus the images would pass ``max_bytes`` (0: no such limit).
+    """Store the jobs' records and images and push their messages, or nothing: -1 when the
+    queue is too deep, -2 when Redis's used memory plus the images would pass ``max_bytes``
+    (0: no such limit). ``carrier`` (trace context) is written into every record.
 
     ``idempotency`` is (key, record): the record is stored under the key with the jobs; when
     the key is already there, the stored record (bytes) comes back and nothing is written.
-    Raises ``redis.exceptions.OutOfMemoryError`` when Redis itself refuses the write.
+    Raises ``redis.exceptions.OutOfMemoryError`` when Redis itself refuses the write (the
+    images already written are then deleted, or expire with the job TTL).
+
+    One round trip: the images are SET first in the same pipeline, and the script deletes
+    them in every case that accepts nothing.
     """
     keys = [queue, QUEUED_INDEX, *job_pairs([j.job_id for j in jobs])]
     args: list[Any] = [max_depth, job_ttl_s, model, created, params_json]
     args += ["" if deadline is None else deadline, lane]
     args += [idempotency[1] if idempotency else "", max_bytes]
+    args += [json.dumps(carrier) if carrier else ""]
     for job in jobs:
-        args += [job.job_id, job.filename, job.image]
+        args += [job.job_id, job.filename, job.message]
     if idempotency is not None:
         keys.append(idempotency[0])
-    reply = await client.register_script(SUBMIT_LUA)(keys=keys, args=args)
+
+    def images(pipe: Any) -> None:
+        for job in jobs:
+            pipe.set(image_key(job.job_id), job.image, ex=job_ttl_s)
+
+    try:
+        replies = await _SUBMIT.apipe(client, keys, args, before=images)
+    except redis.exceptions.OutOfMemoryError:
+        # Some images may have been written before Redis refused: give their bytes back.
+        await client.delete(*(image_key(j.job_id) for j in jobs))
+        raise
+    reply = replies[-1]
     return reply if isinstance(reply, bytes) else int(reply)
 
 
@@ -101,7 +200,7 @@ async def submit_jobs(
 class ClaimReply:
     """What the claim script said about one job."""
 
-    verdict: str  # run | skip | expired | worker_lost | suspect
+    verdict: str  # run | skip | expired | worker_lost | suspect | image_missing
     deliveries: int
     created: float | None
     params: str  # the handler's params as JSON ('' for the defaults)
@@ -118,20 +217,35 @@ def claim_jobs(
     worker: str,
     solo: bool,
 ) -> list[ClaimReply]:
-    """Mark the jobs running (or end them: expired, poison, image gone) and fetch images."""
+    """Mark the jobs running (or end them: expired, poison, image gone) and fetch images.
+
+    One round trip: the script, then MGET of the images. A ``run`` job whose image vanished
+    between the two (the script saw it) comes back as ``image_missing``, still running: the
+    caller ends it.
+    """
     keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs(job_ids)]
     args: list[Any] = [now, max_deliveries, result_ttl_s, worker, "solo" if solo else "batch"]
-    raw = client.register_script(CLAIM_LUA)(keys=keys, args=[*args, *job_ids])
-    return [
-        ClaimReply(
-            verdict=verdict.decode(),
-            deliveries=int(deliveries),
-            created=float(created) if created else None,
-            params=params.decode() if params else "",
-            image=image or b"",
+    raw, images = _CLAIM.pipe(
+        client,
+        keys,
+        [*args, *job_ids],
+        after=lambda pipe: pipe.mget([image_key(j) for j in job_ids]),
+    )
+    replies = []
+    for (verdict, deliveries, created, params), image in zip(raw, images, strict=True):
+        said = verdict.decode()
+        if said == "run" and image is None:
+            said = "image_missing"
+        replies.append(
+            ClaimReply(
+                verdict=said,
+                deliveries=int(deliveries),
+                created=float(created) if created else None,
+                params=params.decode() if params else "",
+                image=image if said == "run" else b"",
+            )
         )
-        for verdict, deliveries, created, params, image in raw
-    ]
+    return replies
 
 
 @dataclass(frozen=True)
@@ -143,6 +257,20 @@ class JobEnd:
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     timings: dict[str, Any] | None = None
+    delivery_tag: str = ""  # its message, acked with the result ('' : acked by kombu)
+
+
+@dataclass(frozen=True)
+class AckKeys:
+    """Where kombu keeps a worker's unacked messages: what an ack deletes from."""
+
+    index: str  # zset: delivery tag -> delivery time
+    table: str  # hash: delivery tag -> message
+    held: str  # set: the tags this worker holds (gpu_worker/handback.py)
+
+
+# Keys no message is ever recorded under: a finish without acks touches nothing there.
+NO_ACKS = AckKeys("vq:no-acks", "vq:no-acks", "vq:no-acks")
 
 
 def _json(value: dict[str, Any] | None) -> str:
@@ -150,20 +278,29 @@ def _json(value: dict[str, Any] | None) -> str:
 
 
 def finish_jobs(
-    client: redis.Redis, ends: list[JobEnd], *, now: float, result_ttl_s: int, worker: str
+    client: redis.Redis,
+    ends: list[JobEnd],
+    *,
+    now: float,
+    result_ttl_s: int,
+    worker: str,
+    acks: AckKeys = NO_ACKS,
 ) -> list[bool]:
-    """Store every outcome ``worker`` still owns, drop the images, wake the waiters.
+    """Store every outcome ``worker`` still owns, drop the images, wake the waiters, and
+    ack each end's message (its ``delivery_tag``) whether or not its result was stored.
 
     One call per batch; per job, whether it was stored (see lua/finish.lua: a job claimed
     again elsewhere, or already ended, is not).
     """
     if not ends:
         return []
-    keys = [DONE_CHANNEL, QUEUED_INDEX, *job_pairs([e.job_id for e in ends])]
+    keys = [DONE_CHANNEL, QUEUED_INDEX, acks.index, acks.table, acks.held]
+    keys += job_pairs([e.job_id for e in ends])
     args: list[Any] = [now, result_ttl_s, worker]
     for end in ends:
-        args += [end.job_id, end.status, _json(end.result), _json(end.error), _json(end.timings)]
-    raw = client.register_script(FINISH_LUA)(keys=keys, args=args)
+        args += [end.job_id, end.status, _json(end.result), _json(end.error)]
+        args += [_json(end.timings), end.delivery_tag]
+    (raw,) = _FINISH.pipe(client, keys, args)
     return [bool(int(flag)) for flag in raw]
 
 
@@ -211,7 +348,7 @@ def kombu_append(
     args: list[str | float] = [delivery_time, tag, message_json]
     if len(keys) > 3:
         args.append(queued_json)
-    return bool(int(client.register_script(KOMBU_APPEND_LUA)(keys=keys, args=args)))
+    return bool(int(_KOMBU_APPEND.run(client, keys, args)))
 
 
 def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:

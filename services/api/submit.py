@@ -16,7 +16,7 @@ from services.api.metrics import API_METRICS
 from services.api.state import ApiState
 from services.api.uploads import SubmitForm
 from services.common import tracing
-from services.common.errors import ModelNotFound, QueueFull, StorageFull
+from services.common.errors import ModelNotFound, PayloadTooLarge, QueueFull, StorageFull
 from services.common.jobs import INTERACTIVE, queue_name
 from services.common.protocol.scripts import NewJob, submit_jobs
 
@@ -50,6 +50,15 @@ async def store_jobs(
     ``idem``'s key was used before.
     """
     settings = state.settings
+    total = sum(len(upload.data) for upload in form.files)
+    if state.queue_max_bytes and total > state.queue_max_bytes:
+        # Never fits, however long the client waits: a retryable 429 would be a lie.
+        API_METRICS.count_rejected(form.model, PayloadTooLarge.code, len(job_ids))
+        raise PayloadTooLarge(
+            f"the request's images total {total} bytes, more than the queue's whole "
+            f"budget (VISIONQ_QUEUE_MAX_BYTES={state.queue_max_bytes}); send fewer or "
+            "smaller files per request"
+        )
     now = time.time()
     try:
         reply = await submit_jobs(

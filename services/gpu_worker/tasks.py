@@ -52,6 +52,22 @@ class HandBackStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.stop(parent)
 
 
+HANDED_BACK = "not processed here"
+
+
+class HandBackLogFilter(logging.Filter):
+    """Celery logs every rejected task as a WARNING with a traceback; a hand-back (warm
+    shutdown, Redis lost) is routine, so it becomes one INFO line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, Reject) and exc.requeue and str(exc.reason) == HANDED_BACK:
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def register_tasks(app: Celery, runtime: Runtime) -> None:
     """Bind ``visionq.infer`` on ``app`` to this process's runtime; add the hand-back step."""
 
@@ -72,7 +88,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             item.done.wait()
             if item.requeue:
                 # Not processed (shutting down, or Redis lost): give the message back intact.
-                raise Reject("not processed here", requeue=True)
+                raise Reject(HANDED_BACK, requeue=True)
             return finish_task(self, item, runtime.store)
 
     class BoundHandBack(HandBackStep):
@@ -81,3 +97,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             self.runtime = runtime
 
     app.steps["consumer"].add(BoundHandBack)
+    # celery.app.trace logs task outcomes (trace.py `_log_error`).
+    trace_log = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, HandBackLogFilter) for f in trace_log.filters):
+        trace_log.addFilter(HandBackLogFilter())

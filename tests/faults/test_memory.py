@@ -37,9 +37,9 @@ MAXMEMORY = 20 * 1024 * 1024  # the issue's 20mb
 REQUESTS, FILES_PER_REQUEST = 60, 10  # 600 jobs of ~37 KB: more than the budget holds
 
 
-def _noise_jpeg(seed: int) -> bytes:
-    """An incompressible 200x200 JPEG (~37 KB), so the queue's bytes are what they seem."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+def _noise_jpeg(seed: int, side: int = 200) -> bytes:
+    """An incompressible JPEG (~37 KB at 200x200), so the queue's bytes are what they seem."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -137,6 +137,10 @@ def test_full_redis_refuses_cleanly_and_a_late_worker_drains_it(
         accepted: list[str] = []
         codes: Counter[str] = Counter()
         with httpx.Client(base_url=stack.url, timeout=60) as client:
+            one = [("file", ("b.jpg", _noise_jpeg(7777), "image/jpeg"))]
+            batch = client.post("/v1/batches", files=one, data={"model": TEST_MODEL})
+            assert batch.status_code == 201, batch.text
+            batch_id = batch.json()["batch_id"]
             for r in range(REQUESTS):
                 parts = [
                     ("file", (f"{r}-{i}.jpg", _noise_jpeg(r * 100 + i), "image/jpeg"))
@@ -152,6 +156,15 @@ def test_full_redis_refuses_cleanly_and_a_late_worker_drains_it(
             # The byte budget (80 % of maxmemory) refused before Redis itself had to.
             assert codes["queue_full"] > 0, codes
             assert accepted, codes
+            # A request bigger than the whole budget can never fit: 413, not a retryable 429.
+            big = [
+                ("file", (f"big{i}.jpg", _noise_jpeg(5000 + i, side=1000), "image/jpeg"))
+                for i in range(20)
+            ]
+            resp = client.post("/v1/jobs", files=big, data={"model": TEST_MODEL})
+            assert resp.status_code == 413, resp.text
+            assert resp.json()["error"]["code"] == "payload_too_large"
+            assert "VISIONQ_QUEUE_MAX_BYTES" in resp.json()["error"]["message"]
 
             # Something else fills Redis to its maxmemory: now Redis refuses writes.
             _fill(direct)
@@ -165,6 +178,10 @@ def test_full_redis_refuses_cleanly_and_a_late_worker_drains_it(
             resp = client.post("/v1/jobs", files=parts, data={"model": TEST_MODEL})
             _check_refusal(resp, client)
             _every_route_while_full(client, accepted)
+            # Cancelling frees memory, so it works while Redis is full.
+            resp = client.delete(f"/v1/batches/{batch_id}")
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["cancelled_now"] == 1
 
             # A worker started while Redis is full starts, and drains the backlog.
             with pytest.raises(redis.exceptions.OutOfMemoryError):

@@ -38,7 +38,7 @@ from services.api.uploads import SubmitForm, multipart_form_doc, read_form
 from services.common.errors import JobConflict, JobNotFound
 from services.common.jobs import BULK
 from services.common.protocol.keys import batch_key, batch_members_key
-from services.common.protocol.scripts import cancel_jobs
+from services.common.protocol.scripts import cancel_jobs, hash_flag
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -243,7 +243,7 @@ async def cancel_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
     """Cancel every job of the batch that has not started; running and ended ones stay."""
     meta = await _meta(state, batch_id)
     # Flag first: an upload that finishes after this sees the flag and cancels its own jobs.
-    await state.redis.hset(batch_key(batch_id), "cancelled", time.time())
+    await hash_flag(state.redis, batch_key(batch_id), "cancelled", str(time.time()))
     meta["cancelled"] = "1"
     cancelled = 0
     async for ids in _ids(state, batch_id):

@@ -362,3 +362,12 @@ SET_ADD_LUA = _text("set_add", ends_jobs=False)
 def set_add(client: redis.Redis, key: str, member: str) -> None:
     """SADD one member, even while Redis is full (allow-oom)."""
     client.register_script(SET_ADD_LUA)(keys=[key], args=[member])
+
+
+_HASH_FLAG = Lua(_text("hash_flag", ends_jobs=False))  # the file carries its own flag
+
+
+async def hash_flag(client: aioredis.Redis, key: str, field: str, value: str) -> None:
+    """HSET one small field, even while Redis is full (allow-oom): a flag whose purpose is
+    to free memory (a batch's ``cancelled``) must not be refused for lack of it."""
+    await _HASH_FLAG.apipe(client, [key], [field, value])

@@ -139,8 +139,25 @@ class Stack:
                 proc.popen.wait()
 
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
+        stop_procs(self.procs)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.procs)
+
+
+def stop_procs(procs: Iterable[Proc], timeout: float = 30.0) -> None:
+    """SIGTERM every live process at once, then wait for each (SIGKILL past ``timeout``).
+
+    Teardown only: a worker's warm shutdown takes seconds, and stopping the processes of a
+    stack (or of several stacks) one after another would add those seconds up.
+    """
+    live = [p for p in procs if p.alive()]
+    for proc in reversed(live):  # workers (started last) first, as a sequential stop did
+        proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()

@@ -95,6 +95,19 @@ class Stack:
             args += ["--models", models]
         return self._spawn("worker", args, extra)
 
+    def start_with_worker(
+        self, models: str = "", extra: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> Proc:
+        """One worker and the API, both serving; the worker's Proc.
+
+        The worker is spawned first: its start-up (torch, the model) is the long part, and
+        it overlaps the API's instead of following it. Neither needs the other to start.
+        """
+        worker = self.start_worker(models=models, extra=extra)
+        self.start_api()
+        self.wait_ready(timeout=timeout)
+        return worker
+
     def wait_ready(self, procs: Iterable[Proc] = (), timeout: float = 120.0) -> None:
         """Until /readyz is 200 and every worker watched says it consumes (Celery's "ready.").
 
@@ -146,14 +159,17 @@ class Stack:
 
 
 def stop_procs(procs: Iterable[Proc], timeout: float = 30.0) -> None:
-    """SIGTERM every live process at once, then wait for each (SIGKILL past ``timeout``).
+    """End every live process at once, then wait for each (SIGKILL past ``timeout``).
 
-    Teardown only: a worker's warm shutdown takes seconds, and stopping the processes of a
-    stack (or of several stacks) one after another would add those seconds up.
+    Teardown only, where nothing is asserted any more: workers get SIGKILL, since their
+    warm shutdown (hand-back, broker and pidbox clean-up) takes seconds and the tests that
+    are about it send SIGTERM themselves; a worker is one process, so nothing is orphaned.
+    The rest (an API may be a uvicorn supervisor with children) get SIGTERM, all at once
+    rather than one after another.
     """
     live = [p for p in procs if p.alive()]
-    for proc in reversed(live):  # workers (started last) first, as a sequential stop did
-        proc.popen.send_signal(signal.SIGTERM)
+    for proc in live:
+        proc.popen.send_signal(signal.SIGKILL if proc.name == "worker" else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for proc in live:
         try:

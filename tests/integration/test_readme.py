@@ -10,6 +10,9 @@ How each kind is exercised:
 - ``visionq compose``, ``cat > .env``: run in a scratch folder.
 - ``docker compose``, ``kubectl``: no Docker, GPU or cluster here; the files they name must
   exist and parse (tests/unit/test_deploy_*.py check their content).
+- ``visionq bench``: run with a one-second window; lines that differ only in ``--quick``,
+  ``--out`` and ``--chart`` (which that window and tmp paths replace) run the same bench, so
+  it runs once for them; every line must parse.
 A command that matches none of these fails the test, so a new README command needs a runner.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from services.common.redis_server import RedisServer
 from tests.images import make_image
 from tests.integration.conftest import stack_env
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, stop_procs
 
 MakeStack = Callable[..., Stack]
 FIGURES = Path(__file__).with_name("figures.json")
@@ -41,31 +42,6 @@ def fault_redis() -> Iterator[RedisServer]:
         server.stop()
 
 
-@pytest.fixture()
-def make_stack(fault_redis: RedisServer, models_file: Path, tmp_path: Path) -> Iterator[MakeStack]:
-    """Build a stack on this test's Redis with fault injection on; stopped afterwards."""
-    made: list[Stack] = []
-
-    def make(**overrides: str) -> Stack:
-        settings = {
-            "VISIONQ_FAULT_INJECTION": "1",
-            "VISIONQ_VISIBILITY_TIMEOUT_S": "4",
-            "VISIONQ_BATCH_TIME_LIMIT_S": "1.2",
-            "VISIONQ_UNACKED_RESTORE_INTERVAL_S": "0.5",
-        }
-        env = stack_env(models_file, **{**settings, **overrides})
-        stack = Stack(fault_redis.url, tmp_path / f"stack{len(made)}", env)
-        stack.tmp.mkdir()
-        made.append(stack)
-        return stack
-
-    try:
-        yield make
-    finally:
-        for stack in made:
-            stack.stop_all()
-
-
 # The tuned values stack_env sets for speed; a default-settings stack drops them all.
 TUNED = (
     "VISIONQ_MAX_BATCH_SIZE",
@@ -76,21 +52,35 @@ TUNED = (
     "VISIONQ_HEARTBEAT_INTERVAL_S",
     "VISIONQ_PREDICT_TIMEOUT_S",
 )
+# make_stack's reliability settings: short enough for a test to see redelivery.
+FAST = {
+    "VISIONQ_FAULT_INJECTION": "1",
+    "VISIONQ_VISIBILITY_TIMEOUT_S": "4",
+    "VISIONQ_BATCH_TIME_LIMIT_S": "1.2",
+    "VISIONQ_UNACKED_RESTORE_INTERVAL_S": "0.5",
+}
 
 
-@pytest.fixture()
-def default_stack(
-    fault_redis: RedisServer, models_file: Path, tmp_path: Path
+@contextmanager
+def _stacks(
+    redis_url: str, models_file: Path, folder: Path, prefix: str, defaults: bool
 ) -> Iterator[MakeStack]:
-    """Like ``make_stack``, but every reliability setting at its default."""
+    """A factory of stacks on one Redis; every process of every stack is stopped at the end.
+
+    ``defaults``: every reliability setting at its default (TUNED dropped unless overridden);
+    otherwise the FAST settings.
+    """
     made: list[Stack] = []
 
     def make(**overrides: str) -> Stack:
-        env = stack_env(models_file, VISIONQ_FAULT_INJECTION="1", **overrides)
-        for name in TUNED:
-            if name not in overrides:
-                env.pop(name, None)
-        stack = Stack(fault_redis.url, tmp_path / f"default{len(made)}", env)
+        if defaults:
+            env = stack_env(models_file, VISIONQ_FAULT_INJECTION="1", **overrides)
+            for name in TUNED:
+                if name not in overrides:
+                    env.pop(name, None)
+        else:
+            env = stack_env(models_file, **{**FAST, **overrides})
+        stack = Stack(redis_url, folder / f"{prefix}{len(made)}", env)
         stack.tmp.mkdir()
         made.append(stack)
         return stack
@@ -98,5 +88,20 @@ def default_stack(
     try:
         yield make
     finally:
-        for stack in made:
-            stack.stop_all()
+        stop_procs([proc for stack in made for proc in stack.procs])
+
+
+@pytest.fixture()
+def make_stack(fault_redis: RedisServer, models_file: Path, tmp_path: Path) -> Iterator[MakeStack]:
+    """Build a stack on this test's Redis with fault injection on; stopped afterwards."""
+    with _stacks(fault_redis.url, models_file, tmp_path, "stack", defaults=False) as make:
+        yield make
+
+
+@pytest.fixture()
+def default_stack(
+    fault_redis: RedisServer, models_file: Path, tmp_path: Path
+) -> Iterator[MakeStack]:
+    """Like ``make_stack``, but every reliability setting at its default."""
+    with _stacks(fault_redis.url, models_file, tmp_path, "default", defaults=True) as make:
+        yield make

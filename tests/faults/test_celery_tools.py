@@ -60,9 +60,7 @@ def wait_status(stack: Stack, job_id: str, status: str, timeout: float = 30.0) -
 
 def test_inspect_then_remote_warm_shutdown_loses_nothing(make_stack: MakeStack) -> None:
     stack = make_stack(VISIONQ_VISIBILITY_TIMEOUT_S="70", VISIONQ_BATCH_TIME_LIMIT_S="20")
-    stack.start_api()
-    worker = stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    worker = stack.start_with_worker(models=TEST_MODEL)
 
     stats = inspect(stack, "stats")
     assert len(stats) == 1, stats

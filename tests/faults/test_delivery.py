@@ -55,9 +55,7 @@ def test_batch_at_nine_tenths_of_its_limit_runs_once(
 ) -> None:
     # Visibility 5 s > 3 x 1.5 s + wait: the guard's own arithmetic, at its edge.
     stack = make_stack(VISIONQ_VISIBILITY_TIMEOUT_S="5", VISIONQ_BATCH_TIME_LIMIT_S="1.5")
-    stack.start_api()
-    worker = stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    worker = stack.start_with_worker(models=TEST_MODEL)
     resp = predict(stack.url, files(("slow.jpg", fault_jpeg("slow=1.35"))))
     assert resp.status_code == 200, resp.text
     job_id = resp.json()["predictions"][0]["job_id"]
@@ -70,9 +68,7 @@ def test_batch_at_nine_tenths_of_its_limit_runs_once(
 
 def test_redis_killed_and_restarted(make_stack: MakeStack, fault_redis: RedisServer) -> None:
     stack = make_stack()
-    stack.start_api()
-    stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    stack.start_with_worker(models=TEST_MODEL)
     queued = submit(stack.url, files(*[(f"q{i}.jpg", jpeg(i, (96, 96))) for i in range(5)]),
                     model=IDLE_MODEL)  # fmt: skip
     time.sleep(1.5)  # one appendfsync everysec period

@@ -74,8 +74,8 @@ def test_sigkill_mid_batch_every_predict_succeeds(
     default_stack: MakeStack, fault_redis: RedisServer
 ) -> None:
     stack = default_stack()
-    stack.start_api()
     workers = [stack.start_worker(models=TEST_MODEL), stack.start_worker(1, models=TEST_MODEL)]
+    stack.start_api()  # after the workers: its start-up overlaps theirs
     _wait_live(stack, 2)
     client = redis.Redis.from_url(fault_redis.url)
     answers: list[httpx.Response] = []
@@ -110,9 +110,9 @@ def test_message_a_dying_worker_popped_is_published_again(
     default_stack: MakeStack, fault_redis: RedisServer
 ) -> None:
     stack = default_stack()
-    stack.start_api()
     victim = stack.start_worker(models=TEST_MODEL)
     stack.start_worker(1, models=TEST_MODEL)
+    stack.start_api()
     _wait_live(stack, 2)
     (job_id,) = submit(stack.url, files(("lost.jpg", jpeg(5, (96, 96)))), model=IDLE_MODEL)
     client = redis.Redis.from_url(fault_redis.url)
@@ -135,8 +135,8 @@ def test_paused_worker_is_fenced_and_stores_nothing_twice(
     default_stack: MakeStack, fault_redis: RedisServer
 ) -> None:
     stack = default_stack()
-    stack.start_api()
     workers = [stack.start_worker(models=TEST_MODEL), stack.start_worker(1, models=TEST_MODEL)]
+    stack.start_api()  # after the workers: its start-up overlaps theirs
     _wait_live(stack, 2)
     client = redis.Redis.from_url(fault_redis.url)
     ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=12"))))
@@ -157,8 +157,8 @@ def test_sigterm_during_25s_batch_hands_back_the_rest(
     default_stack: MakeStack, fault_redis: RedisServer
 ) -> None:
     stack = default_stack()
-    stack.start_api()
     leaving = stack.start_worker(models=TEST_MODEL)
+    stack.start_api()
     _wait_live(stack, 1)
     client = redis.Redis.from_url(fault_redis.url)
     (slow_id,) = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=25"))))
@@ -206,8 +206,8 @@ def test_remote_shutdown_hands_back_like_sigterm(
     from services.common.settings import WorkerSettings
 
     stack = default_stack()
-    stack.start_api()
     leaving = stack.start_worker(models=TEST_MODEL)
+    stack.start_api()
     _wait_live(stack, 1)
     client = redis.Redis.from_url(fault_redis.url)
     submit(stack.url, files(("slow.jpg", fault_jpeg("slow=20"))))

@@ -24,9 +24,7 @@ def test_retry_after_a_worker_died_mid_batch_makes_nothing_new(
     make_stack: MakeStack, fault_redis: RedisServer
 ) -> None:
     stack = make_stack()
-    stack.start_api()
-    first_worker = stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    first_worker = stack.start_with_worker(models=TEST_MODEL)
     key = uuid.uuid4().hex
     parts = files(("slow.jpg", fault_jpeg("slow=1.0")), ("b.jpg", jpeg(1, (96, 96))))
 

@@ -46,9 +46,7 @@ def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStac
 
 def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
     stack = make_stack(VISIONQ_VISIBILITY_TIMEOUT_S="15", VISIONQ_BATCH_TIME_LIMIT_S="4")
-    stack.start_api()
-    worker = stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    worker = stack.start_with_worker(models=TEST_MODEL)
     others = [(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]
     ids = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=3")), *others))
     deadline = time.monotonic() + 30
@@ -68,11 +66,9 @@ def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
 
 def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
     stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
-    stack.start_api()
     stack.worker_metrics_port = free_port()
     metrics_env = {"VISIONQ_METRICS_PORT": str(stack.worker_metrics_port)}
-    stack.start_worker(models=TEST_MODEL, extra=metrics_env)
-    stack.wait_ready()
+    stack.start_with_worker(models=TEST_MODEL, extra=metrics_env)
     normal = [(f"{i}.jpg", jpeg(i, (96, 96))) for i in range(4)]
     parts = files(
         ("always.jpg", fault_jpeg("oom")), ("big.jpg", fault_jpeg("oom_batch", 1)), *normal
@@ -96,9 +92,7 @@ def test_a_sticky_cuda_error_ends_the_worker_and_spares_its_batch_mates(
     # A CUDA context broken by one batch breaks every later one: the worker must leave (its
     # jobs are redelivered) instead of failing the batch item by item as inference_error.
     stack = make_stack(VISIONQ_MAX_WAIT_MS="300")
-    stack.start_api()
-    worker = stack.start_worker(models=TEST_MODEL)
-    stack.wait_ready()
+    worker = stack.start_with_worker(models=TEST_MODEL)
     good = [(f"g{i}.jpg", jpeg(i, (96, 96))) for i in range(3)]
     ids = submit(stack.url, files(("bad.jpg", fault_jpeg("cuda_error")), *good))
     assert worker.popen.wait(90) == 70  # left at once; not a crash loop of its own making

@@ -49,13 +49,11 @@ def stack(
     """API + one CPU worker, shared by the tests that do not break anything."""
     s = Stack(redis_server.url, tmp_path_factory.mktemp("stack"), stack_env(models_file))
     try:
-        s.start_api()
         s.worker_metrics_port = free_port()
-        s.start_worker(
+        s.start_with_worker(
             models=f"{TEST_MODEL},{TINY_MODEL}",
             extra={"VISIONQ_METRICS_PORT": str(s.worker_metrics_port)},
         )
-        s.wait_ready()
         yield s
     finally:
         s.stop_all()

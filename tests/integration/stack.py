@@ -95,6 +95,19 @@ class Stack:
             args += ["--models", models]
         return self._spawn("worker", args, extra)
 
+    def start_with_worker(
+        self, models: str = "", extra: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> Proc:
+        """One worker and the API, both serving; the worker's Proc.
+
+        The worker is spawned first: its start-up (torch, the model) is the long part, and
+        it overlaps the API's instead of following it. Neither needs the other to start.
+        """
+        worker = self.start_worker(models=models, extra=extra)
+        self.start_api()
+        self.wait_ready(timeout=timeout)
+        return worker
+
     def wait_ready(self, procs: Iterable[Proc] = (), timeout: float = 120.0) -> None:
         """Until /readyz is 200 and every worker watched says it consumes (Celery's "ready.").
 
@@ -139,8 +152,28 @@ class Stack:
                 proc.popen.wait()
 
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop(proc)
+        stop_procs(self.procs)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.procs)
+
+
+def stop_procs(procs: Iterable[Proc], timeout: float = 30.0) -> None:
+    """End every live process at once, then wait for each (SIGKILL past ``timeout``).
+
+    Teardown only, where nothing is asserted any more: workers get SIGKILL, since their
+    warm shutdown (hand-back, broker and pidbox clean-up) takes seconds and the tests that
+    are about it send SIGTERM themselves; a worker is one process, so nothing is orphaned.
+    The rest (an API may be a uvicorn supervisor with children) get SIGTERM, all at once
+    rather than one after another.
+    """
+    live = [p for p in procs if p.alive()]
+    for proc in live:
+        proc.popen.send_signal(signal.SIGKILL if proc.name == "worker" else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()

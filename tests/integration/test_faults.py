@@ -37,9 +37,7 @@ def test_redis_down_gives_503_then_recovers(
 ) -> None:
     stack = Stack(own_redis.url, tmp_path, stack_env(models_file))
     try:
-        stack.start_api()
-        stack.start_worker(models=TEST_MODEL)
-        stack.wait_ready()
+        stack.start_with_worker(models=TEST_MODEL)
         assert predict(stack.url, files(("a.jpg", jpeg(1)))).status_code == 200
         # Queued on a model no worker consumes, so its message sits in the Redis list.
         queued = submit(stack.url, files(("q.jpg", jpeg(2))), model=IDLE_MODEL)

@@ -36,9 +36,7 @@ def random_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with RedisServer(port=0) as server:
         s = Stack(server.url, tmp, env)
         try:
-            s.start_api()
-            s.start_worker()
-            s.wait_ready()
+            s.start_with_worker()
             yield s
         finally:
             s.stop_all()

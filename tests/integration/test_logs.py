@@ -42,8 +42,8 @@ def json_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack
     }
     s = Stack(server.url, tmp, env)
     try:
+        worker = s.start_worker()  # first: its start-up overlaps the API's
         api = s.start_api()
-        worker = s.start_worker()
         s.wait_ready()
         yield s, api, worker
     finally:

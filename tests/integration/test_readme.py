@@ -10,6 +10,9 @@ How each kind is exercised:
 - ``visionq compose``, ``cat > .env``: run in a scratch folder.
 - ``docker compose``, ``kubectl``: no Docker, GPU or cluster here; the files they name must
   exist and parse (tests/unit/test_deploy_*.py check their content).
+- ``visionq bench``: run with a one-second window; lines that differ only in ``--quick``,
+  ``--out`` and ``--chart`` (which that window and tmp paths replace) run the same bench, so
+  it runs once for them; every line must parse.
 A command that matches none of these fails the test, so a new README command needs a runner.
 """
 
@@ -237,9 +240,40 @@ _SHORT_BENCH = ["--concurrency", "1", "--seconds", "1", "--warmup", "0", "--coun
                 "--batch-sizes", "1", "--no-unbatched"]  # fmt: skip
 
 
-@pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "bench"])
-def test_bench_commands(command: str, tmp_path: Path) -> None:
+def _bench_args(command: str) -> list[str]:
+    """The README bench command's arguments as run here, before the short window and paths.
+
+    ``--quick`` goes (it would override the short window) and ``--out``/``--chart`` are
+    overridden: a command that differs from another only in those runs the same bench.
+    """
     args = [a for a in shlex.split(command)[1:] if a != "--quick"]
+    for flag in ("--out", "--chart"):
+        while flag in args:
+            at = args.index(flag)
+            del args[at : at + 2]
+    return args
+
+
+def _distinct_bench_commands() -> list[str]:
+    """One README bench command per distinct run (the first README line that gives it)."""
+    seen: dict[tuple[str, ...], str] = {}
+    for command in [c for c in commands() if kind(c) == "bench"]:
+        seen.setdefault(tuple(_bench_args(command)), command)
+    return list(seen.values())
+
+
+def test_bench_commands_parse() -> None:
+    # Every bench line, including one whose run another line's run stands for, must parse.
+    from services.cli.main import build_parser
+
+    for command in [c for c in commands() if kind(c) == "bench"]:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.command == "bench", command
+
+
+@pytest.mark.parametrize("command", _distinct_bench_commands())
+def test_bench_commands(command: str, tmp_path: Path) -> None:
+    args = _bench_args(command)
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     args += [*_SHORT_BENCH, "--out", str(out), "--chart", str(chart)]
     if "--events-cost" in args:

@@ -98,9 +98,7 @@ def task_stack(
     server = RedisServer(port=0).start()
     stack = Stack(server.url, folder, env)
     try:
-        stack.start_api()
-        stack.start_worker()
-        stack.wait_ready(timeout=300)
+        stack.start_with_worker(timeout=300)
         yield stack, weights
     finally:
         stack.stop_all()

@@ -143,9 +143,7 @@ def traced_stack(
     }
     s = Stack(server.url, tmp_path_factory.mktemp("traced"), stack_env(models_file, **otel))
     try:
-        s.start_api()
-        s.start_worker(models=TEST_MODEL)
-        s.wait_ready()
+        s.start_with_worker(models=TEST_MODEL)
         yield s
     finally:
         s.stop_all()

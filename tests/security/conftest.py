@@ -116,9 +116,7 @@ def secure_stack(
     s = Stack(secure_redis.url, tmp_path_factory.mktemp("secure-stack"), env)
     s.worker_metrics_port = metrics_port  # here: the API's separate metrics port
     try:
-        s.start_api()
-        s.start_worker(models=TEST_MODEL)
-        s.wait_ready()
+        s.start_with_worker(models=TEST_MODEL)
         yield s
     finally:
         s.stop_all()

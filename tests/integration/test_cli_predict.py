@@ -145,10 +145,15 @@ def test_summary_names_failed_files_and_counts_non_images(stack: Stack, tmp_path
     assert len(rates) >= 2 and rates[-1] == rates[-2], run.stderr
 
 
+FILES = 600
+
+
 def test_ctrl_c_prints_the_summary_and_the_resume_command(stack: Stack, tmp_path: Path) -> None:
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(200):
+    # Enough files that the interrupt lands mid-run even on a loaded machine (a 200-file run
+    # once finished before a descheduled test process sent its SIGINT).
+    for i in range(FILES):
         (root / f"img{i:03d}.jpg").write_bytes(jpeg(i, (32, 32)))
     out = tmp_path / "r.jsonl"
     args = ["predict", "many", "--out", str(out), "--concurrency", "1", "--url", stack.url]
@@ -168,8 +173,8 @@ def test_ctrl_c_prints_the_summary_and_the_resume_command(stack: Stack, tmp_path
     # The printed command finishes the job, one row per file.
     resumed = _predict(stack, tmp_path, *args[1:-2], "--resume")  # _predict adds --url
     assert resumed.returncode == 0, resumed.stderr
-    assert len(_jsonl(out)) == 200
-    assert len({r["path"] for r in _jsonl(out)}) == 200
+    assert len(_jsonl(out)) == FILES
+    assert len({r["path"] for r in _jsonl(out)}) == FILES
 
 
 def _jsonl_lenient(path: Path) -> list[dict[str, object]]:

@@ -73,8 +73,16 @@ def test_out_of_memory_splits_the_batch(make_stack: MakeStack) -> None:
     parts = files(
         ("always.jpg", fault_jpeg("oom")), ("big.jpg", fault_jpeg("oom_batch", 1)), *normal
     )
+    # An idle worker runs a lone job at once, and a failed forward is instant: keep it busy
+    # so that the request's six files gather into one batch behind a slow one (under the
+    # tuned 1.2 s batch time limit).
+    (slow,) = submit(stack.url, files(("slow.jpg", fault_jpeg("slow=0.6"))))
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{stack.url}/v1/jobs/{slow}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     resp = predict(stack.url, parts)
-    assert resp.status_code == 200, resp.text
+    assert resp.status_code == 200, resp.text + stack.logs()[-6000:]
     preds = resp.json()["predictions"]
     assert preds[0]["error"]["code"] == "out_of_memory"  # fails even alone
     assert all("top_k" in p for p in preds[1:])  # fit once the batch was split

@@ -86,9 +86,11 @@ class ResultWaiter:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            gather = asyncio.gather(*(e.wait() for e in pending))
             try:
-                await asyncio.wait_for(gather, min(left, self._recheck_s))
+                # One timeout scope, no task per event (gather and wait_for make them).
+                async with asyncio.timeout(min(left, self._recheck_s)):
+                    for event in pending:
+                        await event.wait()
             except TimeoutError:
                 await self._recheck([j for j, e in events.items() if not e.is_set()])
 

@@ -1,8 +1,10 @@
 """Server-side wait for job results: one pub/sub listener per API process, no polling.
 
-Workers publish a job id on ``vq:done`` when the job ends. Waiters register their ids
-before the jobs are enqueued, so a fast result cannot slip past. When the listener
-reconnects, or every ``recheck_s`` as a safety net, waiters re-read their jobs' status.
+Workers publish a job id on ``vq:done`` when the job ends, most often with the job's record
+(finish_fn.lua), which is kept for the job's waiters so they need not read it back. Waiters
+register their ids before the jobs are enqueued, so a fast result cannot slip past. When
+the listener reconnects, or every ``recheck_s`` as a safety net, waiters re-read their
+jobs' status.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 import redis
 import redis.asyncio as aioredis
 
-from services.common.jobs import DONE_CHANNEL, TERMINAL, job_key
+from services.common.jobs import DONE_CHANNEL, TERMINAL, JobRecord, job_key
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ class ResultWaiter:
         self._client = client
         self._recheck_s = recheck_s
         self._events: dict[str, list[asyncio.Event]] = {}
+        # Records that came with done notices, kept only while someone waits for the job.
+        self._records: dict[str, bytes] = {}
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -50,14 +54,26 @@ class ResultWaiter:
             events[job_id] = event
         return events
 
-    def unregister(self, events: dict[str, asyncio.Event]) -> None:
-        """Forget the events of one request."""
+    def unregister(self, events: dict[str, asyncio.Event]) -> dict[str, JobRecord]:
+        """Forget the events of one request; returns the records their done notices carried.
+
+        A job missing from the answer ended without one (woken by a recheck, or its record
+        was too large to publish): read it from Redis.
+        """
+        records: dict[str, JobRecord] = {}
         for job_id, event in events.items():
+            payload = self._records.get(job_id)
+            if payload is not None:
+                record = JobRecord.from_notice(job_id, payload)
+                if record is not None:
+                    records[job_id] = record
             waiting = self._events.get(job_id)
             if waiting and event in waiting:
                 waiting.remove(event)
                 if not waiting:
                     del self._events[job_id]
+                    self._records.pop(job_id, None)
+        return records
 
     async def wait(self, events: dict[str, asyncio.Event], timeout: float) -> bool:
         """True when every job ended within ``timeout`` seconds."""
@@ -70,9 +86,11 @@ class ResultWaiter:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            gather = asyncio.gather(*(e.wait() for e in pending))
             try:
-                await asyncio.wait_for(gather, min(left, self._recheck_s))
+                # One timeout scope, no task per event (gather and wait_for make them).
+                async with asyncio.timeout(min(left, self._recheck_s)):
+                    for event in pending:
+                        await event.wait()
             except TimeoutError:
                 await self._recheck([j for j, e in events.items() if not e.is_set()])
 
@@ -94,6 +112,13 @@ class ResultWaiter:
             if status is None or status.decode() in TERMINAL:
                 self._wake(job_id)
 
+    def _on_notice(self, data: bytes) -> None:
+        raw_id, _, payload = data.partition(b"\n")
+        job_id = raw_id.decode()
+        if payload and job_id in self._events:
+            self._records[job_id] = payload
+        self._wake(job_id)
+
     def _wake(self, job_id: str) -> None:
         for event in self._events.get(job_id, ()):
             event.set()
@@ -110,7 +135,7 @@ class ResultWaiter:
                 await self._recheck(list(self._events))
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
-                        self._wake(message["data"].decode())
+                        self._on_notice(message["data"])
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:

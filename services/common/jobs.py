@@ -61,6 +61,9 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED})
 
+# The record fields a done notice carries, in order (finish_fn.lua's HMGET).
+_NOTICE_FIELDS = ("model", "status", "filename", "result", "error", "timings")
+
 
 @dataclass
 class JobRecord:
@@ -77,7 +80,28 @@ class JobRecord:
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         """Build from HGETALL output."""
-        h = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        return cls._from_fields(
+            job_id, {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        )
+
+    @classmethod
+    def from_notice(cls, job_id: str, payload: bytes) -> JobRecord | None:
+        """Build from the JSON array a done notice carries (finish_fn.lua); None if bad.
+
+        The array holds model, status, filename, result, error, timings, ``false`` where a
+        field is absent.
+        """
+        try:
+            values = json.loads(payload.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        if not isinstance(values, list) or len(values) != len(_NOTICE_FIELDS):
+            return None
+        h = {k: v for k, v in zip(_NOTICE_FIELDS, values, strict=True) if isinstance(v, str)}
+        return cls._from_fields(job_id, h)
+
+    @classmethod
+    def _from_fields(cls, job_id: str, h: dict[str, str]) -> JobRecord:
         return cls(
             job_id=job_id,
             model=h.get("model", ""),

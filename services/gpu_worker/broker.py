@@ -216,6 +216,23 @@ class Channel(kombu_redis.Channel):
     """Redis channel using the tolerant QoS; binds queues even while Redis is full."""
 
     QoS = QoS
+    _shared: redis.Redis | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # kombu builds a new redis.Redis (~0.3 ms with redis-py 8) on every call: the
+        # unacked record of each delivered message, each ack. One client per connection
+        # pool does the same: a client takes a pooled connection per command and is
+        # thread-safe. It is rebuilt whenever kombu replaced or dropped its pool (close,
+        # fork, reconnect), through kombu's own path, so a channel whose transport was
+        # collected still raises as kombu's does (QoS.restore_unacked relies on that).
+        if client:
+            yield client
+            return
+        shared = self._shared
+        if shared is None or self._pool is None or shared.connection_pool is not self._pool:
+            shared = self._shared = self._create_client()  # type: ignore[no-untyped-call]
+        yield shared
 
     def _size(self, queue: str) -> int:
         with self.conn_or_acquire() as client:

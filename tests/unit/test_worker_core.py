@@ -193,16 +193,34 @@ def test_finish_stores_once_drops_images_and_publishes(server: RedisServer, clie
     assert client.hget(job_key("a"), "stores") == b"1"
     assert not client.exists(image_key("a"), image_key("b"))
     assert 0 < client.ttl(job_key("a")) <= 60
-    published = set()
+    published: dict[str, JobRecord | None] = {}
     deadline = time.monotonic() + 5
     while len(published) < 2 and time.monotonic() < deadline:
         msg = pubsub.get_message(timeout=1)
         if msg and msg["type"] == "message":
-            published.add(msg["data"])
-    assert published == {b"a", b"b"}
+            # The notice carries the record the waiting request answers with.
+            job_id, _, payload = msg["data"].partition(b"\n")
+            published[job_id.decode()] = JobRecord.from_notice(job_id.decode(), payload)
+    assert published == {"a": a, "b": b}
     # Claiming an ended job again (a redelivery after the result) just skips it.
     (again,) = store.claim(["a"], "w2")
     assert again.verdict == "skip"
+
+
+def test_large_record_is_announced_by_id_alone(server: RedisServer, client: redis.Redis):
+    # Every API process gets every notice: a large result is read back by its waiter instead.
+    _submit(server.url, ["big"])
+    store = _store(client)
+    store.claim(["big"], "w1")
+    pubsub = client.pubsub()
+    pubsub.subscribe(DONE_CHANNEL)
+    pubsub.get_message(timeout=1)
+    store.finish([Outcome("big", Status.SUCCEEDED, result={"x": "y" * 20_000})], "w1")
+    msg = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (msg and msg["type"] == "message"):
+        msg = pubsub.get_message(timeout=1)
+    assert msg is not None and msg["data"] == b"big"
 
 
 def test_cancel_only_queued_jobs(server: RedisServer, client: redis.Redis):

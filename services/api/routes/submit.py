@@ -12,6 +12,7 @@ from services.api.deps import StateDep
 from services.api.idempotency import idempotency_of
 from services.api.records import fetch_records
 from services.api.schemas import UPLOAD_ERRORS, JobsAccepted, PredictResponse, error_responses
+from services.api.state import ApiState
 from services.api.submit import check_model, new_job_ids, submit
 from services.api.uploads import Refusal, SubmitForm, multipart_form_doc, read_form
 from services.common.errors import InvalidImage, Timeout
@@ -56,6 +57,7 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
     job_ids = new_job_ids(len(form.files))
     events = state.waiter.register(job_ids)
+    published: dict[str, JobRecord] = {}
     try:
         earlier = await submit(state, form, job_ids, idem=idem)
         if earlier is not None:
@@ -75,8 +77,8 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
                 task.uncancel()
             raise Timeout("the API is shutting down; poll the jobs", job_ids=job_ids) from None
     finally:
-        state.waiter.unregister(events)
-    records = await fetch_records(state.redis, job_ids)
+        published = state.waiter.unregister(events)
+    records = await _records(state, job_ids, published if finished else {})
     if not finished and any(r is not None and r.status not in _ENDED for r in records):
         exc = Timeout(f"not done within {timeout:g}s; poll the jobs", job_ids=job_ids)
         raise exc
@@ -85,6 +87,17 @@ async def predict(request: Request, state: StateDep) -> JSONResponse:
         first = predictions[0]["error"]
         raise InvalidImage(first["message"], job_ids=job_ids)
     return JSONResponse({"model": form.model, "predictions": predictions})
+
+
+async def _records(
+    state: ApiState, job_ids: list[str], published: dict[str, JobRecord]
+) -> list[JobRecord | None]:
+    """The jobs' records: those their done notices carried, the others read from Redis."""
+    missing = [j for j in job_ids if j not in published]
+    if missing:
+        fetched = dict(zip(missing, await fetch_records(state.redis, missing), strict=True))
+        return [published.get(j) or fetched[j] for j in job_ids]
+    return [published[j] for j in job_ids]
 
 
 def _in_upload_order(

@@ -103,10 +103,15 @@ def _raw_lines(result: dict[str, Any]) -> list[str]:
     lines = [
         f"raw: decode+preprocess {raw['decode_per_s']:.1f}/s; "
         f"single image {raw['single_image_ms']:.1f} ms",
-        "  batch  forward/s  decode+forward/s",
+        "  batch  forward/s  decode+forward/s  pipelined/s",
     ]
+    pipelined = raw.get("pipelined_per_s") or {}
     for size, rate in raw["full_per_s"].items():
-        lines.append(f"  {int(size):5d}  {raw['forward_per_s'][size]:9.1f}  {rate:16.1f}")
+        over = pipelined.get(size)
+        lines.append(
+            f"  {int(size):5d}  {raw['forward_per_s'][size]:9.1f}  {rate:16.1f}  "
+            + (f"{over:11.1f}" if over is not None else f"{'-':>11s}")
+        )
     lines.append(f"raw limit: {raw['limit_per_s']:.1f}/s at batch {raw['best_batch']}")
     return lines
 

@@ -87,8 +87,9 @@ def test_response_reader() -> None:
 def test_raw_limit_measures_every_stage() -> None:
     raw = measure_raw(BUILTIN_MODELS["mobilenet_v3_small"], generated_jpegs(2), [1, 2], 0.3, "cpu")
     assert raw.decode_per_s > 0 and raw.single_image_ms > 0
-    assert set(raw.forward_per_s) == set(raw.full_per_s) == {1, 2}
-    assert raw.limit == max(raw.full_per_s.values())
+    assert set(raw.forward_per_s) == set(raw.full_per_s) == set(raw.pipelined_per_s) == {1, 2}
+    assert all(rate > 0 for rate in raw.pipelined_per_s.values())
+    assert raw.limit == max(*raw.full_per_s.values(), *raw.pipelined_per_s.values())
 
 
 def test_bench_writes_into_a_folder_git_ignores() -> None:

@@ -148,6 +148,10 @@ def test_summary_names_failed_files_and_counts_non_images(stack: Stack, tmp_path
 FILES = 600
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_the_summary_and_the_resume_command(stack: Stack, tmp_path: Path) -> None:
     root = tmp_path / "many"
     root.mkdir()
@@ -159,7 +163,11 @@ def test_ctrl_c_prints_the_summary_and_the_resume_command(stack: Stack, tmp_path
     args = ["predict", "many", "--out", str(out), "--concurrency", "1", "--url", stack.url]
     cmd = [sys.executable, "-m", "services.cli.main", *args]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and
+    # Python then keeps it ignored: the run under test gets the terminal's default back.
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     deadline = time.monotonic() + 120
     while not (out.exists() and len(out.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.monotonic() < deadline

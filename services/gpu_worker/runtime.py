@@ -73,6 +73,7 @@ class Runtime:
             settings.max_batch_size, settings.max_wait_ms / 1000.0
         )
         self._prepared: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
+        self._taken = threading.Event()  # the inference thread took the queued batch
         self._served: dict[str, Served] = {}
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -205,6 +206,7 @@ class Runtime:
         self._ready.set()
         while True:
             prepared = self._prepared.get()
+            self._taken.set()
             if prepared is None:
                 return
             # Published before the check, so a hand-back racing it keeps these messages.
@@ -420,10 +422,18 @@ class Runtime:
             return
         while not self._handing_back.is_set():
             try:
+                self._taken.clear()
                 self._prepared.put(prepared, timeout=0.1)
-                return
             except queue.Full:
                 continue
+            # One batch ready is enough to keep the forward fed. Forming the next one only
+            # once this one starts lets it gather what arrives during a whole forward pass:
+            # taken at once, three batches were in the worker's hands (running, queued,
+            # decoding) and split the clients' requests between them (mean batch 5.7 of 16
+            # at 16 clients on the CPU).
+            while not self._prepared.empty() and not self._handing_back.is_set():
+                self._taken.wait(0.1)
+            return
         # Claimed while the worker began to shut down: give these back too, not started.
         back = prepared.run_items + [item for item, _ in prepared.ended]
         try:

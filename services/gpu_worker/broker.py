@@ -137,9 +137,12 @@ class QoS(kombu_redis.QoS):
         # One allow-oom script: the message already left its list, so a write refused by a
         # full Redis would lose it; the holder set (when on) is written in the same call.
         delivery = message.delivery_info
-        raw = dumps(  # type: ignore[no-untyped-call]
-            [message._raw, delivery["exchange"], delivery["routing_key"]]
-        )
+        # The message is encoded once: kombu's record is the JSON list [message, exchange,
+        # routing key] (what kombu's own dumps would write), and the same text goes back
+        # to its queue if the worker turns out fenced.
+        body: str = dumps(message._raw)  # type: ignore[no-untyped-call]
+        ends = dumps([delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        raw = f"[{body}, {ends[1:]}"
         keys = [self.unacked_index_key, self.unacked_key]
         queued = ""
         if _held_key is not None:
@@ -147,7 +150,7 @@ class QoS(kombu_redis.QoS):
             if _fence_key is not None:
                 # Our queues are declared with routing key == queue name (see handback.py).
                 keys += [_fence_key, str(delivery["routing_key"])]
-                queued = dumps(message._raw)  # type: ignore[no-untyped-call]
+                queued = body
         with self.channel.conn_or_acquire() as client:
             now = time.time()
             recorded = kombu_append(client, keys, delivery_time=now, tag=delivery_tag,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from services.api.messages import task_message
+from services.api.messages import _template, task_message
 from services.common.celery_app import make_celery
 from services.common.jobs import BULK, INTERACTIVE, TASK_NAME, queue_name
 from services.common.redis_server import RedisServer
@@ -25,16 +27,32 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.mark.parametrize("lane", [INTERACTIVE, BULK])
-def test_the_message_is_what_send_task_pushes(server: RedisServer, lane: str) -> None:
+# API job ids are uuid4 hex (built from a per-queue template); other ids take Celery's path.
+@pytest.mark.parametrize("job_id", ["job1", uuid.uuid4().hex, "odd 'id' \u00e9\\", "x" * 65])
+def test_the_message_is_what_send_task_pushes(server: RedisServer, lane: str, job_id: str) -> None:
     settings = ApiSettings(redis_url=server.url, models=["noop"], default_model="noop")
     celery = make_celery(settings)
     queue = queue_name("noop", lane)
-    celery.send_task(TASK_NAME, args=["job1", "noop", lane], task_id="job1", queue=queue)
+    celery.send_task(TASK_NAME, args=[job_id, "noop", lane], task_id=job_id, queue=queue)
     client = redis.Redis.from_url(server.url)
     sent = json.loads(client.rpop(queue) or b"{}")
-    built = json.loads(task_message(celery, "job1", "noop", lane))
+    built = json.loads(task_message(celery, job_id, "noop", lane))
     # Each publish draws a fresh delivery tag: only its shape can match.
     assert len(built["properties"].pop("delivery_tag")) == len(
         sent["properties"].pop("delivery_tag")
     )
     assert built == sent
+
+
+def test_each_message_has_its_own_delivery_tag_and_id() -> None:
+    celery = make_celery(ApiSettings(models=["noop"], default_model="noop"))
+    first, second = (json.loads(task_message(celery, j, "noop", INTERACTIVE)) for j in "ab")
+    assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
+    assert (first["headers"]["id"], second["headers"]["id"]) == ("a", "b")
+
+
+def test_api_job_ids_take_the_template() -> None:
+    # The per-queue template is what keeps a submit cheap; None would mean Celery's slow
+    # path for every job (still correct, which is why the comparison above cannot tell).
+    celery = make_celery(ApiSettings(models=["noop"], default_model="noop"))
+    assert _template(celery, "noop", INTERACTIVE, celery.thread_oid, os.getpid()) is not None

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.api.deps import StateDep
+from services.api.deps import api_state
 from services.api.idempotency import idempotency_of
 from services.api.records import fetch_records
 from services.api.schemas import UPLOAD_ERRORS, JobsAccepted, PredictResponse, error_responses
@@ -50,8 +50,9 @@ def _prediction(record: JobRecord | None, job_id: str, filename: str) -> dict[st
     response_model=PredictResponse,
     responses=error_responses(*UPLOAD_ERRORS, 504),
 )
-async def predict(request: Request, state: StateDep) -> JSONResponse:
+async def predict(request: Request) -> JSONResponse:
     """Upload images and wait for their results (504 with the job ids when not in time)."""
+    state = api_state(request)  # not a dependency: each costs FastAPI ~6 us a request
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     idem = idempotency_of(request, form, bool(state.settings.key_digests))
@@ -125,8 +126,9 @@ _ENDED = {s.value for s in (Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Sta
     response_model=JobsAccepted,
     responses=error_responses(*UPLOAD_ERRORS),
 )
-async def create_jobs(request: Request, state: StateDep) -> JSONResponse:
+async def create_jobs(request: Request) -> JSONResponse:
     """Upload images and get job ids to poll."""
+    state = api_state(request)  # not a dependency: each costs FastAPI ~6 us a request
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
     idem = idempotency_of(request, form, bool(state.settings.key_digests))

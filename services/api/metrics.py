@@ -142,6 +142,9 @@ class MetricsMiddleware:
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
+        # (route, method, status) -> its counter and histogram series: ``labels()`` takes a
+        # lock and builds the key on every call; these few dozen series never change.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(
         self,
@@ -166,6 +169,12 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            API_METRICS.requests.labels(path, method, str(status)).inc()
-            API_METRICS.duration.labels(path, method).observe(time.perf_counter() - start)
+            key = (path, scope.get("method", ""), status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    API_METRICS.requests.labels(path, key[1], str(status)),
+                    API_METRICS.duration.labels(path, key[1]),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)

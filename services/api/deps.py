@@ -12,7 +12,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from services.api.ratelimit import RateLimiter, client_id
 from services.api.state import ApiState
 from services.common.errors import Unauthorized
-from services.common.settings import ApiSettings
 
 
 def api_state(request: Request) -> ApiState:
@@ -68,10 +67,10 @@ def key_matches(given: str, digests: tuple[bytes, ...]) -> bool:
 
 
 def api_key_digest(
-    settings: ApiSettings, bearer: HTTPAuthorizationCredentials | None, header: str | None
+    digests: tuple[bytes, ...], bearer: HTTPAuthorizationCredentials | None, header: str | None
 ) -> bytes | None:
-    """401 unless a configured key is given; the key's digest, or None when keys are off."""
-    digests = settings.key_digests
+    """401 unless a key whose digest is one of ``digests`` is given; the key's digest, or
+    None when keys are off (no digests)."""
     if not digests:
         return None
     given = presented_key(bearer, header)
@@ -86,7 +85,7 @@ def api_key_digest(
 # bookkeeping per dependency per request, and every /v1 request runs this one.
 async def require_access(request: Request, bearer: BearerDep, header: HeaderDep) -> None:
     """The key check, then one request from the key's rate-limit bucket (when limits are on)."""
-    key = api_key_digest(api_state(request).settings, bearer, header)
+    key = api_key_digest(api_state(request).key_digests, bearer, header)
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None:
         return

@@ -105,9 +105,8 @@ class _Template:
 
 
 @lru_cache(maxsize=256)
-def _template(celery: Celery, model: str, lane: str, reply_to: str, pid: int) -> _Template | None:
+def _template(celery: Celery, model: str, lane: str, reply_to: str) -> _Template | None:
     """The queue's template, or None when a marker would not stand for its value alone."""
-    del pid  # part of the key only: the origin header names the process
     origin = anon_nodename()
     message, body = _celery_message(celery, _JOB, model, lane, reply_to, origin)
     parts = _MARKERS.split(_text(message, _BODY, _TAG))
@@ -121,6 +120,10 @@ def _template(celery: Celery, model: str, lane: str, reply_to: str, pid: int) ->
     return made
 
 
+# The origin header names the process ("gen<pid>@host"): a forked child makes its own.
+os.register_at_fork(after_in_child=_template.cache_clear)
+
+
 def task_message(celery: Celery, job_id: str, model: str, lane: str) -> str:
     """The JSON that kombu would LPUSH onto ``queue_name(model, lane)`` for this job's task.
 
@@ -130,7 +133,7 @@ def task_message(celery: Celery, job_id: str, model: str, lane: str) -> str:
     reply_to = celery.thread_oid
     tag = str(uuid.uuid4())
     if _PLAIN_ID.fullmatch(job_id):
-        template = _template(celery, model, lane, reply_to, os.getpid())
+        template = _template(celery, model, lane, reply_to)
         if template is not None:
             return template.render(job_id, tag)
     message, body = _celery_message(celery, job_id, model, lane, reply_to, None)

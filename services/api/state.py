@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -28,6 +28,11 @@ class ApiState:
     # maxmemory once read); 0 = none. ``memory_checked``: the eviction policy was read.
     queue_max_bytes: int = 0
     memory_checked: bool = False
+    # settings.key_digests, read on every request: a pydantic private attribute costs ~2 us.
+    key_digests: tuple[bytes, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_digests = self.settings.key_digests
 
 
 def make_async_redis(settings: ApiSettings) -> aioredis.Redis:

@@ -117,7 +117,7 @@ def test_key_matches_compares_digests() -> None:
 def _app(settings: ApiSettings) -> TestClient:
     app = FastAPI()
     install_error_handlers(app)
-    app.state.visionq = SimpleNamespace(settings=settings)
+    app.state.visionq = SimpleNamespace(settings=settings, key_digests=settings.key_digests)
 
     @app.get("/v1/thing", dependencies=[AuthDep])
     async def thing() -> dict[str, str]:

@@ -55,4 +55,21 @@ def test_api_job_ids_take_the_template() -> None:
     # The per-queue template is what keeps a submit cheap; None would mean Celery's slow
     # path for every job (still correct, which is why the comparison above cannot tell).
     celery = make_celery(ApiSettings(models=["noop"], default_model="noop"))
-    assert _template(celery, "noop", INTERACTIVE, celery.thread_oid, os.getpid()) is not None
+    assert _template(celery, "noop", INTERACTIVE, celery.thread_oid) is not None
+
+
+def test_a_forked_process_names_itself_as_origin() -> None:
+    celery = make_celery(ApiSettings(models=["noop"], default_model="noop"))
+    assert json.loads(task_message(celery, "a", "noop", INTERACTIVE))["headers"]["origin"]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's result travels through the pipe
+        try:
+            message = json.loads(task_message(celery, "a", "noop", INTERACTIVE))
+            os.write(write, message["headers"]["origin"].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    origin = os.read(read, 200).decode()
+    os.waitpid(child, 0)
+    assert origin.startswith(f"gen{child}@")

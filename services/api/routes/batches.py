@@ -154,7 +154,7 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
     """Start a batch with the uploaded files; add more with POST /v1/batches/{id}/files."""
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
-    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    idem = idempotency_of(request, form, bool(state.key_digests))
     batch_id = uuid.uuid4().hex
     meta: list[str | int | float] = ["model", form.model, "params", form.params_json]
     meta += ["created", time.time()]
@@ -187,7 +187,7 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
         raise JobConflict(f"batch {batch_id} was cancelled; start a new one", status="cancelled")
     form = await read_form(request, state.settings, state.registry, model=meta["model"])
     form = dataclasses.replace(form, params=json.loads(meta.get("params") or "{}"))
-    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    idem = idempotency_of(request, form, bool(state.key_digests))
     total, _ = await _add(state, batch_id, form, idem)
     refused = [r.to_api() for r in form.refused]
     return {"batch_id": batch_id, "added": len(form.files), "total": total, "refused": refused}

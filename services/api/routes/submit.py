@@ -55,7 +55,7 @@ async def predict(request: Request) -> JSONResponse:
     state = api_state(request)  # not a dependency: each costs FastAPI ~6 us a request
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
-    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    idem = idempotency_of(request, form, bool(state.key_digests))
     job_ids = new_job_ids(len(form.files))
     events = state.waiter.register(job_ids)
     published: dict[str, JobRecord] = {}
@@ -131,7 +131,7 @@ async def create_jobs(request: Request) -> JSONResponse:
     state = api_state(request)  # not a dependency: each costs FastAPI ~6 us a request
     form = await read_form(request, state.settings, state.registry)
     check_model(state, form.model)
-    idem = idempotency_of(request, form, bool(state.settings.key_digests))
+    idem = idempotency_of(request, form, bool(state.key_digests))
     job_ids = new_job_ids(len(form.files))
     earlier = await submit(state, form, job_ids, idem=idem)
     if earlier is not None:

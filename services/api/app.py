@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
 from models.handlers import params_class
 from models.specs import load_registry
-from services.api.deps import require_access
+from services.api.deps import document_key_schemes, require_access
 from services.api.errors import ErrorShieldMiddleware, install_error_handlers
 from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import API_METRICS, MetricsMiddleware
@@ -34,6 +35,21 @@ _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("path") in _UNTRACED
+
+
+class _App(FastAPI):
+    """FastAPI whose OpenAPI document declares the API-key schemes on the keyed routes
+    (require_access checks keys without FastAPI's security dependencies: see deps)."""
+
+    def __init__(self, **options: Any) -> None:
+        # (path, method) of the routes behind the key check, filled as routers are included.
+        self.keyed: set[tuple[str, str]] = set()
+        super().__init__(**options)
+
+    def openapi(self) -> dict[str, Any]:
+        schema = super().openapi()
+        document_key_schemes(schema, self.keyed)
+        return schema
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -81,7 +97,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     API_METRICS.init_models(settings.models)
     # Off unless OTEL_* ask for it (see services/common/tracing).
     traced = tracing.setup("visionq-api")
-    app = FastAPI(
+    app = _App(
         title="visionq",
         version="0.1.0",
         description="Image inference on GPU queues: upload images, get top-k labels.",
@@ -99,10 +115,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     auth = [Depends(require_access)]
-    app.include_router(submit.router, dependencies=auth)
-    app.include_router(jobs.router, dependencies=auth)
-    app.include_router(models.router, dependencies=auth)
-    app.include_router(batches.router, dependencies=auth)
+    for router in (submit.router, jobs.router, models.router, batches.router):
+        app.include_router(router, dependencies=auth)
+        app.keyed |= {
+            (route.path, method.lower())
+            for route in router.routes
+            if isinstance(route, APIRoute)
+            for method in route.methods or ()
+        }
     app.include_router(health.router)
     # The page itself is public; its calls to /v1 carry the key the user types in.
     app.include_router(ui.router)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.ratelimit import RateLimiter, client_id
@@ -31,9 +32,11 @@ async def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-# Declared as security schemes so /docs offers "Authorize" and clients know what to send;
-# auto_error is off because keys are optional (VISIONQ_API_KEYS) and a missing or wrong key
-# must be our 401 body, not FastAPI's 403.
+# The two ways to present a key. auto_error is off because keys are optional
+# (VISIONQ_API_KEYS) and a missing or wrong key must be our 401 body, not FastAPI's 403.
+# They are not dependencies: FastAPI 0.163 spends ~20 us a request solving each one, so
+# require_access calls them itself and ``document_key_schemes`` declares them in the
+# OpenAPI document (so /docs offers "Authorize" and clients know what to send).
 _BEARER = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
@@ -45,8 +48,21 @@ _HEADER = APIKeyHeader(
     scheme_name="apiKey",
     description="X-API-Key: <key>, the same keys as bearer",
 )
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
-HeaderDep = Annotated[str | None, Depends(_HEADER)]
+_SCHEMES = (_BEARER, _HEADER)
+
+
+def document_key_schemes(schema: dict[str, Any], operations: set[tuple[str, str]]) -> None:
+    """Declare the key schemes in an OpenAPI document and require one of them on each
+    ``(path, method)`` of ``operations`` (what FastAPI writes for security dependencies)."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    for scheme in _SCHEMES:
+        schemes[scheme.scheme_name] = jsonable_encoder(
+            scheme.model, by_alias=True, exclude_none=True
+        )
+    for path, method in operations:
+        operation = schema["paths"].get(path, {}).get(method)
+        if operation is not None:
+            operation["security"] = [{scheme.scheme_name: []} for scheme in _SCHEMES]
 
 
 def presented_key(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str:
@@ -81,10 +97,12 @@ def api_key_digest(
     return hashlib.sha256(given.encode()).digest()
 
 
-# One dependency, not a chain (key check -> state -> ...): FastAPI 0.163 spends ~6 us of
-# bookkeeping per dependency per request, and every /v1 request runs this one.
-async def require_access(request: Request, bearer: BearerDep, header: HeaderDep) -> None:
+# One dependency, not a chain (key check -> state -> schemes): FastAPI 0.163 spends ~6 us
+# of bookkeeping per dependency per request, more for a security scheme, and every /v1
+# request runs this one.
+async def require_access(request: Request) -> None:
     """The key check, then one request from the key's rate-limit bucket (when limits are on)."""
+    bearer, header = await _BEARER(request), await _HEADER(request)
     key = api_key_digest(api_state(request).key_digests, bearer, header)
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None:

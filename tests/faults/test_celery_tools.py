@@ -92,6 +92,9 @@ def test_inspect_then_remote_warm_shutdown_loses_nothing(
     # Celery's shutdown command never replies (the worker raises WorkerShutdown while
     # handling it), so the CLI always ends with "No nodes replied" (exit 69).
     assert "No nodes replied" in done.stderr, f"{done.stdout}\n{done.stderr}"
+    # The next worker (a supervisor's replacement) starts now: its start-up overlaps the
+    # leaving one's; it runs whatever the leaving worker hands back.
+    stack.start_worker(1, models=TEST_MODEL)
     deadline = time.monotonic() + 30
     while "Got shutdown from remote" not in worker.log_tail(20_000):
         assert time.monotonic() < deadline, worker.log_tail()
@@ -101,7 +104,6 @@ def test_inspect_then_remote_warm_shutdown_loses_nothing(
     # Like SIGTERM: a clean exit after the batch in the forward pass has been stored.
     assert worker.popen.wait(60) == 0
     assert httpx.get(f"{stack.url}/v1/jobs/{slow[0]}").json()["status"] == "succeeded"
-    stack.start_worker(models=TEST_MODEL)
     records = wait_jobs(stack.url, ids, timeout=90)
     assert [r["status"] for r in records] == ["succeeded"] * len(ids)
     assert records[0]["timings"]["deliveries"] == 1  # not run twice

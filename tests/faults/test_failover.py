@@ -72,7 +72,7 @@ def _stores_once(client: redis.Redis) -> None:
 
 
 def test_sigkill_mid_batch_every_predict_succeeds(
-    default_stack: MakeStack, fault_redis: RedisServer
+    default_stack: MakeStack, fault_redis: RedisServer, tmp_path: Path
 ) -> None:
     stack = default_stack()
     workers = [stack.start_worker(models=TEST_MODEL), stack.start_worker(1, models=TEST_MODEL)]
@@ -80,11 +80,12 @@ def test_sigkill_mid_batch_every_predict_succeeds(
     _wait_live(stack, 2)
     client = redis.Redis.from_url(fault_redis.url)
     answers: list[httpx.Response] = []
+    release = tmp_path / "release"  # the stall only keeps the batch running until the kill
 
     def send(i: int) -> None:
         parts = [(f"{i}-{k}.jpg", jpeg(i * 10 + k, (96, 96))) for k in range(4)]
         if i == 0:
-            parts.append(("slow.jpg", fault_jpeg("slow=4")))
+            parts.append(("slow.jpg", fault_jpeg("slow=4", release=release)))
         answers.append(predict(stack.url, files(*parts)))  # the server's default 30 s wait
 
     senders = [threading.Thread(target=send, args=(i,)) for i in range(6)]
@@ -93,6 +94,7 @@ def test_sigkill_mid_batch_every_predict_succeeds(
     victim = _holder(client, "slow.jpg", workers)
     victim.popen.send_signal(signal.SIGKILL)
     killed_wall, killed = time.time(), time.monotonic()
+    release_stall(release)
     # /v1/models (and readiness built on it) stops counting the dead worker within the bound.
     record_figure("default_sigkill_models_drop_s", _wait_live(stack, 1, timeout=BOUND_S))
     for t in senders:

@@ -12,7 +12,9 @@ How each kind is exercised:
   exist and parse (tests/unit/test_deploy_*.py check their content).
 - ``visionq bench``: run with a one-second window; lines that differ only in ``--quick``,
   ``--out`` and ``--chart`` (which that window and tmp paths replace) run the same bench, so
-  it runs once for them; every line must parse. The ``--api-workers`` line is run by
+  it runs once for them; a line that only adds ``--fast-decode`` (one more phase after the
+  same ones) stands for the line without it, and its report must hold both lines' phases;
+  every line must parse. The ``--api-workers`` line is run by
   tests/integration/test_bench_cpu.py (with a window of its own, checking what this file
   checks and the CPU figures), so that bench is not paid for twice.
 A command that matches none of these fails the test, so a new README command needs a runner.
@@ -269,10 +271,17 @@ def check_bench_output(stdout: str, out: Path, chart: Path) -> None:
 
 
 def _distinct_bench_commands() -> list[str]:
-    """One README bench command per distinct run (the first README line that gives it)."""
+    """One README bench command per distinct run (the first README line that gives it).
+
+    ``--fast-decode`` only appends its phase to the same run, so a line with it also runs
+    the line without it: where both are in the README, only the one with it runs.
+    """
     seen: dict[tuple[str, ...], str] = {}
     for command in [c for c in commands() if kind(c) == "bench" and not run_elsewhere(c)]:
-        seen.setdefault(tuple(bench_args(command)), command)
+        args = bench_args(command)
+        key = tuple(a for a in args if a != "--fast-decode")
+        if key not in seen or ("--fast-decode" in args and "--fast-decode" not in seen[key]):
+            seen[key] = command
     return list(seen.values())
 
 
@@ -304,6 +313,10 @@ def test_bench_commands(command: str, tmp_path: Path) -> None:
                    for p in runs["on"] + runs["off"]), runs  # fmt: skip
         return
     check_bench_output(run.stdout, out, chart)
+    if "--fast-decode" in args:  # the line without it ran too: its phases came first
+        report = json.loads(out.read_text())
+        assert [p for p in ("raw", "served", "fast") if report.get(p)] == ["raw", "served", "fast"]
+        assert report["fast"][0]["completed"] > 0
 
 
 @pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "decode_check"])

@@ -123,7 +123,8 @@ class ChaosRun:
         plan = list(FAULTS)
         self.rng.shuffle(plan)  # every kind at least once, in a seeded order
         redis_at = self.t0 + minutes * 60 / 2
-        while time.monotonic() < end:
+        # Past ``minutes`` only to finish the plan: a short run still injects every kind.
+        while time.monotonic() < end or plan:
             time.sleep(self.rng.uniform(0.5, 1.5) * self.period_s)
             if redis_at and time.monotonic() >= redis_at:
                 redis_at = 0

@@ -1,12 +1,14 @@
 """Fault injection for the fault tests: off unless ``VISIONQ_FAULT_INJECTION=1``.
 
-A test marks an image by putting ``VISIONQ-FAULT:<name>[=<value>]`` in its bytes (a JPEG
-comment does it without breaking the image). The worker then misbehaves on purpose:
+A test marks an image by putting ``VISIONQ-FAULT:<name>[=<value>][@<path>]`` in its bytes
+(a JPEG comment does it without breaking the image). The worker then misbehaves on purpose:
 
 - ``kill``: the process dies (``os._exit``) while decoding it, mid-batch: a poison job.
 - ``oom``: any forward pass containing it raises ``torch.cuda.OutOfMemoryError``.
 - ``oom_batch``: a forward of more than one item containing it raises the same.
-- ``slow=<s>``: the forward pass containing it sleeps ``s`` seconds first.
+- ``slow=<s>``: the forward pass containing it sleeps ``s`` seconds first; with ``@<path>``
+  it stops sleeping as soon as that file exists, so a test that has seen what it waited
+  for ends the stall then instead of after a duration padded for a slow machine.
 - ``cuda_error``: any forward pass containing it raises a sticky CUDA error (as a
   device-side assert from an out-of-range index in the input would).
 
@@ -29,7 +31,7 @@ from services.gpu_worker.inference import ForwardFn
 
 logger = logging.getLogger(__name__)
 
-_MARK = re.compile(rb"VISIONQ-FAULT:([a-z_]+)(?:=([0-9.]+))?")
+_MARK = re.compile(rb"VISIONQ-FAULT:([a-z_]+)(?:=([0-9.]+))?(?:@([A-Za-z0-9_./-]+))?")
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,25 @@ class Marked:
     item: Any
     fault: str
     value: float
+    release: str | None = None  # a file whose existence ends a ``slow`` stall early
 
 
-def fault_of(data: bytes) -> tuple[str, float] | None:
-    """The fault named in an image's bytes, with its value (0 when none)."""
+def fault_of(data: bytes) -> tuple[str, float, str | None] | None:
+    """The fault named in an image's bytes, with its value (0 when none) and release file."""
     match = _MARK.search(data)
     if match is None:
         return None
-    return match.group(1).decode(), float(match.group(2) or 0)
+    release = match.group(3).decode() if match.group(3) else None
+    return match.group(1).decode(), float(match.group(2) or 0), release
+
+
+def _stall(seconds: float, releases: list[str]) -> None:
+    """Sleep ``seconds``, or less once one of the ``releases`` files exists."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if any(os.path.exists(path) for path in releases):
+            return
+        time.sleep(min(0.05, left))
 
 
 def faulty_decoder(decode: Any) -> Any:
@@ -59,7 +72,7 @@ def faulty_decoder(decode: Any) -> Any:
             os._exit(137)
         item = decode(data, params)
         if fault is not None:
-            return Marked(item, fault[0], fault[1])
+            return Marked(item, *fault)
         return item
 
     return run
@@ -73,7 +86,7 @@ def faulty_forward(run: ForwardFn) -> ForwardFn:
         found = {m.fault for m in marks}
         slow = max((m.value for m in marks if m.fault == "slow"), default=0.0)
         if slow:
-            time.sleep(slow)
+            _stall(slow, [m.release for m in marks if m.fault == "slow" and m.release])
         if "cuda_error" in found:
             raise RuntimeError(
                 "CUDA error: an illegal memory access was encountered (injected by a fault test)"

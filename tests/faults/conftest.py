@@ -26,11 +26,21 @@ def record_figure(name: str, value: float) -> None:
     FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
-def fault_jpeg(fault: str, seed: int = 0) -> bytes:
-    """A valid JPEG whose comment asks the worker to misbehave (fault injection on)."""
+def fault_jpeg(fault: str, seed: int = 0, release: Path | None = None) -> bytes:
+    """A valid JPEG whose comment asks the worker to misbehave (fault injection on).
+
+    ``release``: a ``slow`` stall ends as soon as this file exists (``release_stall``), so
+    its seconds are only an upper bound and the test decides when the batch ends.
+    """
+    mark = f"VISIONQ-FAULT:{fault}" + (f"@{release}" if release is not None else "")
     buf = io.BytesIO()
-    make_image(seed, (96, 96)).save(buf, "JPEG", comment=f"VISIONQ-FAULT:{fault}".encode())
+    make_image(seed, (96, 96)).save(buf, "JPEG", comment=mark.encode())
     return buf.getvalue()
+
+
+def release_stall(release: Path) -> None:
+    """End every ``slow`` stall marked with this release file."""
+    release.touch()
 
 
 @pytest.fixture()

@@ -150,9 +150,9 @@ def test_a_worker_paused_in_brpop_and_reaped_keeps_nothing(
     while not client.exists(f"vq:fenced:{paused_id}"):  # about 10 s after its last beat
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.05)
+    stack.start_worker(2, models=IDLE_MODEL)  # the replacement, starting while it resumes
     paused.popen.send_signal(signal.SIGCONT)
     assert paused.popen.wait(30) == 3  # it learns it was declared dead and leaves
-    stack.start_worker(2, models=IDLE_MODEL)
     (record,) = wait_jobs(stack.url, [job_id], timeout=180)
     assert record["status"] == "succeeded"
     _stored_once(client)

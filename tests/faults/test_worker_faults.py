@@ -13,8 +13,33 @@ from tests.conftest import IDLE_MODEL, TEST_MODEL
 from tests.faults.conftest import MakeStack, fault_jpeg
 from tests.images import jpeg
 from tests.integration.helpers import files, predict, submit, wait_jobs
+from tests.integration.stack import Proc, Stack
 
 pytestmark = pytest.mark.integration
+
+
+def _supervise(stack: Stack, ids: list[str], slots: list[Proc], code: int | None) -> int:
+    """Restart each slot's worker when it exits, as a supervisor would, until every job
+    has ended; the exits seen. ``code``: the exit status every one of them must have.
+
+    Two slots: a replacement starts while the other slot's worker serves, so the job that
+    kills workers is delivered again without waiting for a start-up each time.
+    """
+    deaths = 0
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        records = [httpx.get(f"{stack.url}/v1/jobs/{i}").json() for i in ids]
+        if all(r["status"] in ("succeeded", "failed") for r in records):
+            break
+        for at, worker in enumerate(slots):
+            if not worker.alive():
+                deaths += 1
+                assert deaths <= 3, "the job was run more than 3 times"
+                if code is not None:
+                    assert worker.popen.returncode == code
+                slots[at] = stack.start_worker(at, models=TEST_MODEL)
+        time.sleep(0.2)
+    return deaths
 
 
 def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStack) -> None:
@@ -22,18 +47,8 @@ def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStac
     stack.start_api()
     good = [(f"g{i}.jpg", jpeg(i, (96, 96))) for i in range(6)]
     ids = submit(stack.url, files(("poison.jpg", fault_jpeg("kill")), *good))
-    deaths = 0
-    worker = stack.start_worker(models=TEST_MODEL)
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        statuses = [httpx.get(f"{stack.url}/v1/jobs/{i}").json()["status"] for i in ids]
-        if all(s in ("succeeded", "failed") for s in statuses):
-            break
-        if not worker.alive():
-            deaths += 1
-            assert deaths <= 3, "the poison job was run more than 3 times"
-            worker = stack.start_worker(models=TEST_MODEL)  # as a supervisor would
-        time.sleep(0.2)
+    slots = [stack.start_worker(i, models=TEST_MODEL) for i in range(2)]
+    deaths = _supervise(stack, ids, slots, None)
     records = wait_jobs(stack.url, ids, timeout=5)
     poison, others = records[0], records[1:]
     assert poison["status"] == "failed"
@@ -41,7 +56,7 @@ def test_poison_job_fails_worker_lost_and_spares_the_others(make_stack: MakeStac
     assert [r["status"] for r in others] == ["succeeded"] * len(others)
     assert all(r["timings"]["deliveries"] <= 2 for r in others)
     assert deaths == 3  # delivered three times, then refused without running
-    assert worker.alive()
+    assert all(worker.alive() for worker in slots)
 
 
 def test_sigterm_mid_batch_finishes_the_batch(make_stack: MakeStack) -> None:
@@ -109,16 +124,8 @@ def test_a_sticky_cuda_error_ends_the_worker_and_spares_its_batch_mates(
     # Redelivered, every job of the dead batch is suspect and runs alone: the bad one
     # takes down each worker that runs it (exit 70 again) until it is refused as
     # worker_lost; its batch-mates succeed on the restarted workers.
-    worker = stack.start_worker(models=TEST_MODEL)  # as a supervisor would
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        records = [httpx.get(f"{stack.url}/v1/jobs/{i}").json() for i in ids]
-        if all(r["status"] in ("succeeded", "failed") for r in records):
-            break
-        if not worker.alive():
-            assert worker.popen.returncode == 70
-            worker = stack.start_worker(models=TEST_MODEL)
-        time.sleep(0.2)
+    slots = [stack.start_worker(i, models=TEST_MODEL) for i in range(2)]
+    _supervise(stack, ids, slots, 70)
     records = wait_jobs(stack.url, ids, timeout=5)
     assert [r["status"] for r in records[1:]] == ["succeeded"] * len(good)
     assert records[0]["error"]["code"] == "worker_lost"

@@ -1,6 +1,10 @@
 """``visionq bench --model noop`` end to end: a real ``visionq up`` per API worker count, a
 real load, and CPU figures per process read from the OS (plausible, not exact: on a shared
-machine only their signs and sums can be checked)."""
+machine only their signs and sums can be checked).
+
+The command is README's ``--api-workers`` line, with a short window of its own: this is
+its README test too (tests/integration/test_readme.py leaves it to this one).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ from typing import Any
 import pytest
 
 from tests.integration.stack import ROOT
+from tests.integration.test_readme import (
+    bench_args,
+    check_bench_output,
+    commands,
+    kind,
+    run_elsewhere,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +53,15 @@ def test_noop_bench_reports_cpu_per_process(tmp_path: Path) -> None:
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
     env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "VISIONQ_ALLOW_DOWNLOAD": "0"})
-    argv = [sys.executable, "-m", "services.cli.main", "bench", "--model", "noop",
+    (line,) = [c for c in commands() if kind(c) == "bench" and run_elsewhere(c)]
+    args = bench_args(line)  # as written, less --quick (its window is replaced below)
+    assert args == ["bench", "--model", "noop", "--api-workers", "1,2"], line
+    argv = [sys.executable, "-m", "services.cli.main", *args,
             "--concurrency", "1,4", "--seconds", "1.5", "--warmup", "0.3", "--count", "8",
-            "--api-workers", "1,2", "--out", str(out), "--chart", str(chart)]  # fmt: skip
+            "--out", str(out), "--chart", str(chart)]  # fmt: skip
     run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=110, env=env)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    check_bench_output(run.stdout, out, chart)
     assert "raw limit: skipped" in run.stdout and "CPU per image" in run.stdout
     assert "API + Redis + worker CPU-ms per image at 4 clients" in run.stdout
     result = json.loads(out.read_text())

@@ -12,7 +12,11 @@ How each kind is exercised:
   exist and parse (tests/unit/test_deploy_*.py check their content).
 - ``visionq bench``: run with a one-second window; lines that differ only in ``--quick``,
   ``--out`` and ``--chart`` (which that window and tmp paths replace) run the same bench, so
-  it runs once for them; every line must parse.
+  it runs once for them; a line that only adds ``--fast-decode`` (one more phase after the
+  same ones) stands for the line without it, and its report must hold both lines' phases;
+  every line must parse. The ``--api-workers`` line is run by
+  tests/integration/test_bench_cpu.py (with a window of its own, checking what this file
+  checks and the CPU figures), so that bench is not paid for twice.
 A command that matches none of these fails the test, so a new README command needs a runner.
 """
 
@@ -240,7 +244,7 @@ _SHORT_BENCH = ["--concurrency", "1", "--seconds", "1", "--warmup", "0", "--coun
                 "--batch-sizes", "1", "--no-unbatched"]  # fmt: skip
 
 
-def _bench_args(command: str) -> list[str]:
+def bench_args(command: str) -> list[str]:
     """The README bench command's arguments as run here, before the short window and paths.
 
     ``--quick`` goes (it would override the short window) and ``--out``/``--chart`` are
@@ -254,11 +258,30 @@ def _bench_args(command: str) -> list[str]:
     return args
 
 
+def run_elsewhere(command: str) -> bool:
+    """A bench line tests/integration/test_bench_cpu.py runs (and checks as here)."""
+    return "--api-workers" in shlex.split(command)
+
+
+def check_bench_output(stdout: str, out: Path, chart: Path) -> None:
+    """What every README bench run (but --events-cost) must print and write."""
+    assert "raw limit:" in stdout and "served" in stdout, stdout[-2000:]
+    assert json.loads(out.read_text())["served"][0]["completed"] > 0
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
 def _distinct_bench_commands() -> list[str]:
-    """One README bench command per distinct run (the first README line that gives it)."""
+    """One README bench command per distinct run (the first README line that gives it).
+
+    ``--fast-decode`` only appends its phase to the same run, so a line with it also runs
+    the line without it: where both are in the README, only the one with it runs.
+    """
     seen: dict[tuple[str, ...], str] = {}
-    for command in [c for c in commands() if kind(c) == "bench"]:
-        seen.setdefault(tuple(_bench_args(command)), command)
+    for command in [c for c in commands() if kind(c) == "bench" and not run_elsewhere(c)]:
+        args = bench_args(command)
+        key = tuple(a for a in args if a != "--fast-decode")
+        if key not in seen or ("--fast-decode" in args and "--fast-decode" not in seen[key]):
+            seen[key] = command
     return list(seen.values())
 
 
@@ -273,7 +296,7 @@ def test_bench_commands_parse() -> None:
 
 @pytest.mark.parametrize("command", _distinct_bench_commands())
 def test_bench_commands(command: str, tmp_path: Path) -> None:
-    args = _bench_args(command)
+    args = bench_args(command)
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     args += [*_SHORT_BENCH, "--out", str(out), "--chart", str(chart)]
     if "--events-cost" in args:
@@ -289,9 +312,11 @@ def test_bench_commands(command: str, tmp_path: Path) -> None:
         assert all(p["completed"] > 0 and p["redis_cpu_ms_per_image"] > 0
                    for p in runs["on"] + runs["off"]), runs  # fmt: skip
         return
-    assert "raw limit:" in run.stdout and "served" in run.stdout
-    assert json.loads(out.read_text())["served"][0]["completed"] > 0
-    assert chart.read_bytes()[:4] == b"\x89PNG"
+    check_bench_output(run.stdout, out, chart)
+    if "--fast-decode" in args:  # the line without it ran too: its phases came first
+        report = json.loads(out.read_text())
+        assert [p for p in ("raw", "served", "fast") if report.get(p)] == ["raw", "served", "fast"]
+        assert report["fast"][0]["completed"] > 0
 
 
 @pytest.mark.parametrize("command", [c for c in commands() if kind(c) == "decode_check"])

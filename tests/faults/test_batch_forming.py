@@ -24,7 +24,8 @@ def _wait_status(url: str, job_id: str, status: str, timeout: float = 60.0) -> N
 def test_the_next_batch_gathers_everything_that_arrives_during_a_forward(
     default_stack: MakeStack,
 ) -> None:
-    """One batch waits decoded behind the running one; the one after it is formed only when
+    """One batch waits decoded behind the running one. Where preparing a batch takes well
+    under a forward pass (here a forward stalled 1.5 s), the one after it is formed only when
     the queued batch starts, so it holds everything that came in meanwhile. Formed earlier,
     it would split those jobs between two batches (and the mean batch under load shrinks)."""
     stack = default_stack()

@@ -43,7 +43,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from services.common.protocol.scripts import kombu_append, kombu_bind, script_text
+from services.common.protocol.scripts import (
+    kombu_append,
+    kombu_bind,
+    kombu_deliver_many,
+    script_text,
+)
 from services.gpu_worker.acks import take_settled
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,8 @@ _on_fenced: Callable[[], None] | None = None
 _spare: redis.Redis | None = None
 
 _RESTORE_LUA = script_text("handback_restore")
+# The most messages one bulk delivery takes (the consumer's prefetch credit caps it first).
+BULK_DELIVERY_MAX = 64
 
 
 def record_holdings(
@@ -134,6 +141,12 @@ class QoS(kombu_redis.QoS):
             return None
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        recorded = getattr(self.channel, "recorded", None)
+        if recorded is not None and delivery_tag in recorded:
+            # Taken by a bulk delivery, which wrote this record when it took the message.
+            recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         # One allow-oom script: the message already left its list, so a write refused by a
         # full Redis would lose it; the holder set (when on) is written in the same call.
         delivery = message.delivery_info
@@ -220,6 +233,62 @@ class Channel(kombu_redis.Channel):
 
     QoS = QoS
     _shared: redis.Redis | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Delivery tags a bulk delivery recorded in Redis and QoS.append has not yet seen.
+        self.recorded: set[str] = set()
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _brpop_read(self, **options: Any) -> Any:
+        delivered = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        # A BRPOP returns one message and the next BRPOP is sent only after it is handled:
+        # under a backlog each message cost the consumer thread two round trips (the BRPOP
+        # and its unacked record) and Redis a blocking-client wake-up. The messages that
+        # are already waiting are taken and recorded in one script instead, up to the
+        # prefetch credit left (the consumer's own limit: the worker's concurrency).
+        if _held_key is not None and _fence_key is not None and not self.global_keyprefix:
+            self._deliver_waiting(_held_key, _fence_key)
+        return delivered
+
+    def _deliver_waiting(self, held: str, fence: str) -> None:
+        # None: no prefetch limit (not a Celery worker); such a consumer keeps kombu's pace.
+        credit = self.qos.can_consume_max_estimate()
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if credit is None or credit <= 0 or not queues:
+            return
+        most = min(int(credit), BULK_DELIVERY_MAX)
+        lists = [[self._q_for_pri(q, pri) for pri in self.priority_steps] for q in queues]  # type: ignore[no-untyped-call]
+        records = (self.unacked_index_key, self.unacked_key, held, fence)
+        try:
+            with self.conn_or_acquire() as client:
+                taken = kombu_deliver_many(
+                    client, records, lists, delivery_time=time.time(), most=most
+                )
+        except redis.RedisError as exc:  # nothing was taken: the script is one step
+            logger.debug("bulk delivery skipped: %s", exc)
+            return
+        messages = [(list_key, loads(body)) for list_key, body in taken]  # type: ignore[no-untyped-call]
+        for _, message in messages:
+            self.recorded.add(message["properties"]["delivery_tag"])
+        for done, (list_key, message) in enumerate(messages):
+            queue = list_key.rsplit(self.sep, 1)[0]  # kombu's _brpop_read does the same
+            try:
+                self._queue_cycle.rotate(queue)
+                self.connection._deliver(message, queue)
+            except BaseException:
+                # The ones not handed to Celery yet go back to the head of their queues.
+                self._give_back([m for _, m in messages[done + 1 :]])
+                raise
+
+    def _give_back(self, messages: list[dict[str, Any]]) -> None:
+        # RPUSH is the head (BRPOP takes from the right): the oldest is pushed last.
+        for message in reversed(messages):
+            tag = message["properties"]["delivery_tag"]
+            self.recorded.discard(tag)
+            try:
+                self.qos.restore_by_tag(tag, leftmost=False)
+            except Exception as exc:  # the reaper or the visibility timeout restores it
+                logger.warning("giving back undelivered message %s failed: %s", tag, exc)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

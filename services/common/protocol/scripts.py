@@ -130,6 +130,7 @@ _FINISH = Lua(FINISH_LUA)
 CANCEL_LUA = _text("cancel", ends_jobs=True, allow_oom=True)
 KOMBU_APPEND_LUA = _text("kombu_append", ends_jobs=False)  # the files carry their own flag
 _KOMBU_APPEND = Lua(KOMBU_APPEND_LUA)  # once per delivered message
+_KOMBU_DELIVER_MANY = Lua(_text("kombu_deliver_many", ends_jobs=False))
 KOMBU_BIND_LUA = _text("kombu_bind", ends_jobs=False)
 
 
@@ -349,6 +350,31 @@ def kombu_append(
     if len(keys) > 3:
         args.append(queued_json)
     return bool(int(_KOMBU_APPEND.run(client, keys, args)))
+
+
+def kombu_deliver_many(
+    client: redis.Redis,
+    records: tuple[str, str, str, str],
+    lists: list[list[str]],
+    *,
+    delivery_time: float,
+    most: int,
+) -> list[tuple[str, str]]:
+    """Take up to ``most`` waiting messages and record each as delivered, in one call.
+
+    ``records``: kombu's unacked index and hash, the worker's held set and its fence key.
+    ``lists``: per queue, in kombu's queue-cycle order, its lists in priority order (all
+    of the same length). Messages come in the order repeated BRPOPs with kombu's
+    round-robin rotation would take them; a fenced worker gets none. Returns (list,
+    message JSON) pairs. Even while Redis is full (``allow-oom``).
+    """
+    per = len(lists[0]) if lists else 0
+    if most <= 0 or not per or any(len(group) != per for group in lists):
+        return []
+    keys = [*records, *(key for group in lists for key in group)]
+    reply = _KOMBU_DELIVER_MANY.run(client, keys, [delivery_time, most, per])
+    pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+    return list(zip(pairs[0::2], pairs[1::2], strict=True))
 
 
 def kombu_bind(client: redis.Redis, table: str, permanent: str, *, member: str) -> None:

@@ -1,0 +1,125 @@
+"""Bulk delivery: a worker takes the messages already waiting in one call (broker.py).
+
+The script is checked against kombu itself (publishing, priorities, its restore of an
+unacked record), and the whole stack with a backlog under the default settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.utils.json import loads
+
+from services.common.protocol.scripts import kombu_deliver_many
+from services.common.redis_server import RedisServer
+from services.gpu_worker.broker import Transport
+from tests.conftest import TEST_MODEL
+from tests.faults.conftest import MakeStack
+from tests.images import jpeg
+from tests.integration.helpers import files, submit, wait_jobs
+
+pytestmark = pytest.mark.integration
+
+SEP = "\x06\x16"  # kombu's Redis separator between a queue and its priority suffix
+RECORDS = ("unacked_index", "unacked", "vq:held:w1", "vq:fence:w1")
+
+
+def _lists(*queues: str) -> list[list[str]]:
+    return [[q] + [f"{q}{SEP}{pri}" for pri in (3, 6, 9)] for q in queues]
+
+
+@pytest.fixture()
+def kombu_conn(fault_redis: RedisServer) -> Iterator[Connection]:
+    conn = Connection(fault_redis.url, transport=Transport)  # type: ignore[no-untyped-call]
+    try:
+        yield conn
+    finally:
+        conn.release()  # type: ignore[no-untyped-call]
+
+
+def _publish(conn: Connection, queue: str, body: str, priority: int = 0) -> None:
+    simple = conn.SimpleQueue(queue)  # type: ignore[no-untyped-call]
+    simple.put(body, priority=priority)
+    simple.close()
+
+
+def test_takes_waiting_messages_in_brpop_order_and_records_each(
+    fault_redis: RedisServer, kombu_conn: Connection
+) -> None:
+    client = redis.Redis.from_url(fault_redis.url, decode_responses=True)
+    for body, pri in (("a1", 0), ("a2", 0), ("a3", 9)):
+        _publish(kombu_conn, "qa", body, pri)
+    _publish(kombu_conn, "qb", "b1")
+    before = time.time()
+    taken = kombu_deliver_many(client, RECORDS, _lists("qa", "qb"), delivery_time=before, most=3)
+    channel = kombu_conn.default_channel
+    decoded = [channel.Message(loads(m), channel=channel) for _, m in taken]  # type: ignore[no-untyped-call]
+    # Highest priority first; between queues, round robin as kombu's rotation does.
+    assert [m.decode() for m in decoded] == ["a1", "b1", "a2"]  # type: ignore[no-untyped-call]
+    assert [lst for lst, _ in taken] == ["qa", "qb", "qa"]
+    tags = [m.delivery_tag for m in decoded]
+    assert client.smembers("vq:held:w1") == set(tags)
+    for (_, raw), tag in zip(taken, tags, strict=True):
+        record = loads(client.hget("unacked", tag))  # type: ignore[no-untyped-call]
+        message = loads(raw)  # type: ignore[no-untyped-call]
+        info = message["properties"]["delivery_info"]
+        assert record == [message, info["exchange"], info["routing_key"]]
+        assert client.zscore("unacked_index", tag) == pytest.approx(before)
+    # `most` left the low-priority message where it was.
+    assert client.llen(f"qa{SEP}9") == 1 and client.llen("qa") == 0 and client.llen("qb") == 0
+
+    # kombu reads the record: its own restore puts the message back intact, at the head.
+    kombu_conn.default_channel.qos.restore_by_tag(tags[1], leftmost=False)
+    assert client.hget("unacked", tags[1]) is None
+    restored = loads(client.lindex("qb", -1))  # type: ignore[no-untyped-call]
+    original = loads(taken[1][1])  # type: ignore[no-untyped-call]
+    assert restored["body"] == original["body"]
+    assert restored["properties"]["delivery_tag"] == tags[1]
+    assert restored["headers"]["redelivered"] is True  # kombu's own marking of a restore
+
+
+def test_a_fenced_worker_takes_nothing(fault_redis: RedisServer, kombu_conn: Connection) -> None:
+    client = redis.Redis.from_url(fault_redis.url, decode_responses=True)
+    _publish(kombu_conn, "qa", "a1")
+    client.set("vq:fence:w1", "1")
+    assert kombu_deliver_many(client, RECORDS, _lists("qa"), delivery_time=1.0, most=8) == []
+    assert client.llen("qa") == 1 and client.hlen("unacked") == 0
+
+
+def test_an_unreadable_message_goes_back_and_stops_the_call(
+    fault_redis: RedisServer, kombu_conn: Connection
+) -> None:
+    client = redis.Redis.from_url(fault_redis.url, decode_responses=True)
+    _publish(kombu_conn, "qa", "a1")
+    _publish(kombu_conn, "qb", "b1")
+    client.rpush("qb", "not json")  # at the head of qb: taken after a1
+    taken = kombu_deliver_many(client, RECORDS, _lists("qa", "qb"), delivery_time=1.0, most=8)
+    assert len(taken) == 1 and taken[0][0] == "qa"
+    # Back where it was, ahead of b1: kombu's own path meets it at the next BRPOP.
+    assert client.lrange("qb", 0, -1)[-1] == "not json" and client.llen("qb") == 2
+    assert client.hlen("unacked") == 1
+
+
+def test_a_backlog_is_taken_in_bulk_under_default_settings(
+    default_stack: MakeStack, fault_redis: RedisServer
+) -> None:
+    stack = default_stack()
+    stack.start_api()
+    ids: list[str] = []
+    for r in range(2):  # 32 files per request at most (VISIONQ_MAX_FILES_PER_REQUEST)
+        ids += submit(stack.url, files(*[(f"{r}-{i}.jpg", jpeg(i, (64, 64))) for i in range(24)]))
+    client = redis.Redis.from_url(fault_redis.url)
+    client.config_resetstat()
+    stack.start_worker(models=TEST_MODEL)
+    records = wait_jobs(stack.url, ids, timeout=120)
+    assert [r["status"] for r in records] == ["succeeded"] * len(ids)
+    assert all(r["timings"]["deliveries"] == 1 for r in records)
+    # One message per BRPOP took 48 BRPOPs or more; bulk delivery takes the backlog with a
+    # few (the prefetch credit, twice the batch size by default, caps each call).
+    brpops = int(client.info("commandstats").get("cmdstat_brpop", {}).get("calls", 0))
+    assert 1 <= brpops <= len(ids) // 4, brpops
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0

@@ -27,6 +27,7 @@ from services.gpu_worker import acks, job_trace
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, available_cpus, default_threads
 from services.gpu_worker.handback import HandBack
+from services.gpu_worker.handover import smooth, wait_until_taken
 from services.gpu_worker.metrics import WorkerMetrics
 from services.gpu_worker.prepare import (
     Prepared,
@@ -46,11 +47,6 @@ _SERVER_FAULTS = frozenset({"inference_error", "out_of_memory"})
 # The next batch waits for the queued one to start only where preparing an item (claim +
 # decode) takes under this share of its forward pass: it then has time to be ready.
 PREPARE_SHARE = 0.5
-
-
-def _smooth(average: float, sample: float, weight: float = 0.2) -> float:
-    """Exponential moving average; the first sample is taken as it is."""
-    return sample if average == 0.0 else average + weight * (sample - average)
 
 
 class Runtime:
@@ -292,7 +288,7 @@ class Runtime:
         )
         forward_end = job_trace.now_ns()
         if prepared.run_items:
-            self._forward_per_item = _smooth(
+            self._forward_per_item = smooth(
                 self._forward_per_item, forward_s / len(prepared.run_items)
             )
         source = served.handler.weights_source
@@ -440,7 +436,7 @@ class Runtime:
         prepared.batch_id = batch_id
         if items:
             prepare_s = claim_s + (job_trace.now_ns() - decode_start) / 1e9
-            self._prepare_per_item = _smooth(self._prepare_per_item, prepare_s / len(items))
+            self._prepare_per_item = smooth(self._prepare_per_item, prepare_s / len(items))
         traced = [i.job_id for i in prepared.run_items] + [i.job_id for i, _ in prepared.ended]
         prepared.trace = job_trace.begin(
             self.store.client, model, prepared.batch_id, traced, claim_ns, decode_start
@@ -451,7 +447,6 @@ class Runtime:
             return
         while not self._handing_back.is_set():
             try:
-                self._taken.clear()
                 self._prepared.put(prepared, timeout=0.1)
             except queue.Full:
                 continue
@@ -460,12 +455,7 @@ class Runtime:
             # a whole forward. Where they take about as long (2 CPU cores: 3.5 ms to decode,
             # 4-6 ms to run an image), waiting left the forward idle 15 % of its time.
             if self._prepare_per_item < PREPARE_SHARE * self._forward_estimate():
-                while (
-                    self._busy.is_set()
-                    and not self._prepared.empty()
-                    and not self._handing_back.is_set()
-                ):
-                    self._taken.wait(0.1)
+                wait_until_taken(self._taken, self._busy, self._prepared, self._handing_back)
             return
         # Claimed while the worker began to shut down: give these back too, not started.
         back = prepared.run_items + [item for item, _ in prepared.ended]

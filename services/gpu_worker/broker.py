@@ -276,14 +276,18 @@ class Channel(kombu_redis.Channel):
                 self._queue_cycle.rotate(queue)
                 self.connection._deliver(message, queue)
             except BaseException:
-                # The ones not handed to Celery yet go back to the head of their queues.
-                self._give_back([m for _, m in messages[done + 1 :]])
+                # The ones kombu's QoS never saw (their tags still in `recorded`: this one,
+                # if it failed before its append, and the rest) go back to the head of their
+                # queues; one it saw is restored by kombu itself when the channel closes.
+                self._give_back([m for _, m in messages[done:]])
                 raise
 
     def _give_back(self, messages: list[dict[str, Any]]) -> None:
         # RPUSH is the head (BRPOP takes from the right): the oldest is pushed last.
         for message in reversed(messages):
             tag = message["properties"]["delivery_tag"]
+            if tag not in self.recorded:
+                continue
             self.recorded.discard(tag)
             try:
                 self.qos.restore_by_tag(tag, leftmost=False)

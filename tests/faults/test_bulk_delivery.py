@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
+from kombu import Consumer, Queue
 from kombu.connection import Connection
 from kombu.utils.json import loads
 
 from services.common.protocol.scripts import kombu_deliver_many
 from services.common.redis_server import RedisServer
-from services.gpu_worker.broker import Transport
+from services.gpu_worker.broker import Transport, record_holdings
 from tests.conftest import TEST_MODEL
 from tests.faults.conftest import MakeStack
 from tests.images import jpeg
@@ -123,3 +125,57 @@ def test_a_backlog_is_taken_in_bulk_under_default_settings(
     brpops = int(client.info("commandstats").get("cmdstat_brpop", {}).get("calls", 0))
     assert 1 <= brpops <= len(ids) // 4, brpops
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def test_a_callback_failing_mid_bulk_gives_the_rest_back_in_order(
+    fault_redis: RedisServer, kombu_conn: Connection
+) -> None:
+    """A delivery that raises stops the bulk: what kombu's QoS never saw goes back to the
+    head of its queue, in order; what it saw is restored by kombu when the channel closes."""
+    client = redis.Redis.from_url(fault_redis.url, decode_responses=True)
+    for body in ("m1", "m2", "m3", "m4"):
+        _publish(kombu_conn, "qa", body)
+    seen: list[str] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        seen.append(body)
+        if body == "m2":
+            raise RuntimeError("a consumer bug")
+
+    record_holdings("vq:held:w1", "vq:fence:w1")
+    try:
+        with kombu_conn.channel() as channel:  # type: ignore[no-untyped-call]
+            consumer = Consumer(channel, [Queue("qa")], callbacks=[on_message])
+            consumer.qos(prefetch_count=10)
+            consumer.consume()
+            with pytest.raises(RuntimeError, match="a consumer bug"):
+                for _ in range(3):
+                    kombu_conn.drain_events(timeout=5)
+            assert seen == ["m1", "m2"]
+            # m3 and m4 were taken by the bulk call and given back (kombu's restore marks
+            # them), m3 at the head (the right end: BRPOP takes from the right).
+            raw = client.lrange("qa", 0, -1)
+            queued = [channel.Message(loads(m), channel=channel) for m in raw]  # type: ignore[no-untyped-call]
+            assert [m.decode() for m in queued] == ["m4", "m3"]  # type: ignore[no-untyped-call]
+            assert all(m.headers.get("redelivered") for m in queued)
+            assert client.hlen("unacked") == 2 and client.scard("vq:held:w1") == 2
+        # Closing the channel restores what kombu saw (m1 and m2, never acked).
+        assert client.llen("qa") == 4 and client.hlen("unacked") == 0
+        assert client.scard("vq:held:w1") == 0
+        tags = {loads(m)["properties"]["delivery_tag"] for m in client.lrange("qa", 0, -1)}  # type: ignore[no-untyped-call]
+        assert len(tags) == 4
+    finally:
+        record_holdings(None)
+    # Every message is still there once: a new consumer gets all four.
+    got: list[str] = []
+    with kombu_conn.channel() as channel:  # type: ignore[no-untyped-call]
+
+        def take(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        consumer = Consumer(channel, [Queue("qa")], callbacks=[take])
+        consumer.consume()
+        for _ in range(4):
+            kombu_conn.drain_events(timeout=5)
+    assert sorted(got) == ["m1", "m2", "m3", "m4"]

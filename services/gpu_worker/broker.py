@@ -32,10 +32,12 @@ holds. The message goes back to its queue and the worker exits (``on_fenced``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from queue import Empty
 from typing import Any
 
 import redis
@@ -240,7 +242,18 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def _brpop_read(self, **options: Any) -> Any:
-        delivered = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        try:
+            delivered = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except json.JSONDecodeError as exc:
+            # kombu's read of a popped entry that is not JSON (pushed by hand, or by another
+            # program on the same key): Celery ends the worker on it as an "unrecoverable
+            # error", and so did every worker restarted after it. It is already off its
+            # list and nothing can run it: dropped, with what it looked like.
+            logger.error(
+                "dropped a queue entry that is not a kombu message (%d bytes, starting %r): %s",
+                len(exc.doc), exc.doc[:64], exc,
+            )  # fmt: skip
+            raise Empty() from None
         # A BRPOP returns one message and the next BRPOP is sent only after it is handled:
         # under a backlog each message cost the consumer thread two round trips (the BRPOP
         # and its unacked record) and Redis a blocking-client wake-up. The messages that

@@ -16,6 +16,7 @@ from kombu import Consumer, Queue
 from kombu.connection import Connection
 from kombu.utils.json import loads
 
+from services.common.protocol.keys import queue_name
 from services.common.protocol.scripts import kombu_deliver_many
 from services.common.redis_server import RedisServer
 from services.gpu_worker.broker import Transport, record_holdings
@@ -179,3 +180,32 @@ def test_a_callback_failing_mid_bulk_gives_the_rest_back_in_order(
         for _ in range(4):
             kombu_conn.drain_events(timeout=5)
     assert sorted(got) == ["m1", "m2", "m3", "m4"]
+
+
+def test_a_queue_entry_that_is_not_a_message_is_dropped_and_the_worker_lives(
+    default_stack: MakeStack, fault_redis: RedisServer
+) -> None:
+    """Something that is not a kombu message, in the middle of a backlog: the bulk script
+    leaves it at the head, kombu's next BRPOP pops it; it is dropped with an error log.
+    Celery used to end the worker on it (an "unrecoverable" JSONDecodeError), and every
+    worker restarted after it met it again."""
+    stack = default_stack()
+    stack.start_api()
+    client = redis.Redis.from_url(fault_redis.url)
+    queue = queue_name(TEST_MODEL)
+    ids = submit(stack.url, files(*[(f"a{i}.jpg", jpeg(i, (64, 64))) for i in range(20)]))
+    client.lpush(queue, b"garbage \xff not json")  # the tail: behind the first 20
+    ids += submit(stack.url, files(*[(f"b{i}.jpg", jpeg(i, (64, 64))) for i in range(20)]))
+    worker = stack.start_worker(models=TEST_MODEL)
+    records = wait_jobs(stack.url, ids, timeout=120)
+    assert [r["status"] for r in records] == ["succeeded"] * len(ids)
+    assert worker.alive(), worker.log_tail()
+    assert "dropped a queue entry that is not a kombu message" in worker.log_tail(100_000)
+    assert client.llen(queue) == 0 and client.hlen("unacked") == 0
+    # And on an idle worker: popped by the waiting BRPOP itself.
+    client.rpush(queue, b"{not json either")
+    time.sleep(0.5)
+    (late,) = submit(stack.url, files(("late.jpg", jpeg(99, (64, 64)))))
+    assert wait_jobs(stack.url, [late], timeout=60)[0]["status"] == "succeeded"
+    assert worker.alive(), worker.log_tail()
+    assert worker.log_tail(100_000).count("dropped a queue entry") == 2

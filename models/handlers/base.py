@@ -56,6 +56,8 @@ class HandlerOptions:
     allow_random_weights: bool = False
     allow_download: bool = True
     channels_last: bool = True
+    # VISIONQ_FOLD_BATCHNORM: on the CPU, BatchNorm folded into the convolution before it
+    fold_batchnorm: bool = True
     compile: bool = False
     gpu_decode: bool = False
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels flattened onto it

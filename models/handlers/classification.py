@@ -40,6 +40,7 @@ class ClassificationHandler(Handler):
             device,
             channels_last=self.options.channels_last,
             compile=self.options.compile,
+            fold=self.options.fold_batchnorm,
             half=self.options.weights_dtype,
         )
         self._decode: Callable[[bytes], Any] = self._decode_cpu

@@ -80,6 +80,7 @@ class SegmentationHandler(Handler):
             device,
             channels_last=self.options.channels_last,
             compile=self.options.compile,
+            fold=self.options.fold_batchnorm,
         )
 
     def decode(self, data: bytes, params: Any) -> SegItem:

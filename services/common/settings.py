@@ -281,7 +281,12 @@ class WorkerSettings(CommonSettings):
     torch_threads: int = Field(0, ge=0, le=256, description="0 picks from the core count")
     decode_threads: int = Field(0, ge=0, le=64, description="0 picks from the core count")
     autocast_dtype: Literal["float16", "bfloat16"] = "float16"
-    channels_last: bool = True
+    channels_last: bool = Field(True, description="NHWC layout for the model and its batches")
+    fold_batchnorm: bool = Field(
+        True,
+        description="CPU: fold each BatchNorm into the convolution before it (torch.fx); "
+        "exact up to float rounding",
+    )
     compile: bool = Field(False, description="torch.compile the model (CUDA; slow first batch)")
     batch_buckets: bool = Field(
         False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"

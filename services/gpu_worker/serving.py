@@ -58,6 +58,7 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         allow_random_weights=settings.allow_random_weights,
         allow_download=settings.allow_download,
         channels_last=settings.channels_last,
+        fold_batchnorm=settings.fold_batchnorm,
         compile=settings.compile,
         gpu_decode=settings.gpu_decode,
         background=settings.background_rgb,

@@ -237,6 +237,9 @@ def test_every_bucket_is_warmed_on_cuda() -> None:
     assert warmup_sizes("cuda", 24, buckets=True) == [1, 2, 4, 8, 16, 24]
     assert warmup_sizes("cuda", 4, buckets=False) == [1, 2, 3, 4]
     assert warmup_sizes("cpu", 64, buckets=True) == [1]
+    # Compiled, the CPU specialises to shapes too: a live batch of a new bucket would
+    # compile under the batch watchdog.
+    assert warmup_sizes("cpu", 16, buckets=True, compiled=True) == [1, 2, 4, 8, 16]
 
 
 class _NoParams(BaseModel):

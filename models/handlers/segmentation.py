@@ -20,7 +20,7 @@ from PIL import Image
 
 from models.handlers.base import Handler
 from models.handlers.params import SegmentationParams
-from models.handlers.tensors import Normalizer, prepare_module
+from models.handlers.tensors import Normalizer, channels_last_for, prepare_module
 from models.preprocess import FAST_REDUCING_GAP
 from models.specs import ModelSpec
 
@@ -74,11 +74,12 @@ class SegmentationHandler(Handler):
         """Load the segmenter."""
         self.device = device
         self.size = spec.preprocess.input_size
-        self.normalize = Normalizer(spec.preprocess, device, self.options.channels_last)
+        layout = channels_last_for(spec, self.options.channels_last)
+        self.normalize = Normalizer(spec.preprocess, device, layout)
         self.module = prepare_module(
             self.load_model(spec, device).module,
             device,
-            channels_last=self.options.channels_last,
+            channels_last=layout,
             compile=self.options.compile,
             fold=self.options.fold_batchnorm,
         )

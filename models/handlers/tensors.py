@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 
-from models.specs import Preprocess
+from models.specs import ModelSpec, Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -119,33 +119,116 @@ def half_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
     return module
 
 
-def fold_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
-    """``module`` with each eval-mode BatchNorm that follows a convolution folded into that
-    convolution's weight and bias, and how many were folded.
+# (layer, norm) pairs folded, as in torch.fx.experimental.optimization.fuse: exact types.
+_FOLDABLE: tuple[tuple[type[torch.nn.Module], type[torch.nn.Module]], ...] = (
+    (torch.nn.Conv1d, torch.nn.BatchNorm1d),
+    (torch.nn.Conv2d, torch.nn.BatchNorm2d),
+    (torch.nn.Conv3d, torch.nn.BatchNorm3d),
+    (torch.nn.Linear, torch.nn.BatchNorm1d),
+)
 
-    The fold is ``torch.fx.experimental.optimization.fuse`` (torch's own pass, built on
-    ``torch.nn.utils.fusion.fuse_conv_bn_eval``): y = gamma * (conv(x) - mean) / sqrt(var +
-    eps) + beta is one convolution with rescaled weights, so a batch skips one full pass
-    over every activation. Exact up to float rounding (within 1e-5 relative here). It needs
-    a module that ``torch.fx.symbolic_trace`` can follow (torchvision's classifiers and
-    segmenters can; detectors, with data-dependent control flow, and TorchScript cannot):
-    any other comes back as it was, with 0. The module is changed in place when folded.
+
+def _foldable_pairs(module: torch.nn.Module) -> list[tuple[str, str]]:
+    """(layer, norm) qualified names where the norm takes the layer's output and only it.
+
+    Found on a ``torch.fx.symbolic_trace`` of ``module`` (which raises for a module fx can't
+    follow). A layer or norm called more than once (a shared module) is skipped: changing it
+    would change every call.
     """
-    if isinstance(module, torch.jit.ScriptModule) or module.training:
+    from collections import Counter
+
+    import torch.fx
+
+    graph = torch.fx.symbolic_trace(module).graph
+    modules = dict(module.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not node.args:
+            continue
+        first = node.args[0]
+        if not isinstance(first, torch.fx.Node) or first.op != "call_module":
+            continue
+        layer, norm = modules.get(str(first.target)), modules.get(str(node.target))
+        kinds = (type(layer), type(norm))
+        if kinds not in _FOLDABLE or len(first.users) > 1:
+            continue  # another node reads the layer's output before normalisation
+        if calls[first.target] > 1 or calls[node.target] > 1:
+            continue
+        if not getattr(norm, "track_running_stats", False):
+            continue  # no running statistics to fold
+        pairs.append((str(first.target), str(node.target)))
+    return pairs
+
+
+def fold_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``module`` with each eval-mode BatchNorm that follows a convolution (or a Linear)
+    folded into that layer's weight and bias, and how many were folded.
+
+    y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta is one convolution with rescaled
+    weights (``torch.nn.utils.fusion.fuse_conv_bn_eval``, the rule torch's own
+    ``torch.fx.experimental.optimization.fuse`` applies), so a batch skips one full pass
+    over every activation. Exact up to float rounding (within 1e-6 relative here).
+
+    The pairs are found by tracing with ``torch.fx`` and folded IN PLACE on the module
+    itself: the folded layer replaces the layer and ``torch.nn.Identity`` the BatchNorm, so
+    the module keeps its class, its ``forward`` and every submodule a handler may call
+    (``module.features``, ``module.classifier[-1]``), unlike fx's ``fuse``, which returns a
+    GraphModule of bare ``Module`` shells. A module that fx can't follow (detectors, with
+    data-dependent control flow), a TorchScript module and one in training mode come back
+    as they were, with 0 and an INFO line saying why.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        # (Its submodules are script modules too: no BatchNorm instance to count.)
+        logger.info("BatchNorm not folded: a TorchScript module is served as loaded")
         return module, 0
     norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
     if not norms:
         return module, 0
-    from torch.fx.experimental.optimization import fuse
+    if module.training:
+        logger.info("BatchNorm not folded: the module is in training mode")
+        return module, 0
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
     try:
-        # Traced before anything changes: a module fx can't follow is left untouched.
-        folded = fuse(module, inplace=True)
+        # Everything is computed before anything changes: a module fx can't follow, or a
+        # pair whose shapes don't fold, leaves the module untouched.
+        folds = []
+        for layer_name, norm_name in _foldable_pairs(module):
+            layer, norm = module.get_submodule(layer_name), module.get_submodule(norm_name)
+            assert isinstance(norm, torch.nn.modules.batchnorm._BatchNorm)
+            if isinstance(layer, torch.nn.Linear):
+                folded: torch.nn.Module = fuse_linear_bn_eval(layer, norm)
+            else:
+                assert isinstance(layer, torch.nn.modules.conv._ConvNd)
+                folded = fuse_conv_bn_eval(layer, norm)
+            folds.append((layer_name, norm_name, folded))
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... by model
         logger.info("BatchNorm not folded (%s: %s)", type(exc).__name__, str(exc)[:200])
         return module, 0
-    left = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
-    return folded, norms - left
+    for layer_name, norm_name, folded in folds:
+        module.set_submodule(layer_name, folded)
+        module.set_submodule(norm_name, torch.nn.Identity())
+    return module, len(folds)
+
+
+def channels_last_for(spec: ModelSpec, wanted: bool) -> bool:
+    """Whether ``spec``'s model and batches use channels_last (NHWC) when ``wanted``
+    (``VISIONQ_CHANNELS_LAST``): only for the models visionq builds (``kind="torchvision"``).
+
+    An archive (TorchScript, ``torch.export``) is served in the layout it was traced with:
+    its code may ``.view`` an activation, which raises on a channels_last tensor ("view size
+    is not compatible with input tensor's size and stride").
+    """
+    if wanted and spec.kind != "torchvision":
+        logger.info(
+            "model %s: a %s archive gets NCHW (contiguous) batches, as traced; "
+            "channels_last is for torchvision models",
+            spec.name,
+            spec.kind,
+        )
+        return False
+    return wanted
 
 
 def prepare_module(

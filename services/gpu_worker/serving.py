@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from models.handlers import Handler, HandlerOptions, make_handler
 from models.specs import ModelSpec
+from services.common.errors import ConfigError
 from services.common.settings import WorkerSettings
 from services.gpu_worker.device import autocast_kwargs
 from services.gpu_worker.inference import ForwardFn, bucket_sizes, bucketed
@@ -66,6 +67,10 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         fast_decode=settings.fast_decode,
         weights_dtype=settings.autocast_dtype,
     )
+
+
+# What Tensor.view raises when the layout changed under it (channels_last inputs).
+_LAYOUT_ERROR = "view size is not compatible with input tensor's size and stride"
 
 
 def _warmup_image() -> bytes:
@@ -132,8 +137,17 @@ def wrap_handler(
     item = handler.decode(_warmup_image(), params)
     sizes = warmup_sizes(device.type, settings.max_batch_size, buckets, settings.compile)
     start = time.perf_counter()
-    for size in sizes:
-        forward([item] * size)
+    try:
+        for size in sizes:
+            forward([item] * size)
+    except RuntimeError as exc:
+        if settings.channels_last and _LAYOUT_ERROR in str(exc):
+            raise ConfigError(
+                f"model {spec.name!r} fails on channels_last (NHWC) batches: {str(exc)[:300]}. "
+                "Its forward calls .view on an activation whose memory layout follows the "
+                "input's; use .reshape or torch.flatten there, or set VISIONQ_CHANNELS_LAST=0"
+            ) from exc
+        raise
     if device.type == "cuda":
         torch.cuda.synchronize()
     logger.info(

@@ -25,6 +25,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -59,6 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.redis_port,
         args.workers,
         args.redis_dir,
+        ready_timeout_s=args.ready_timeout,
         api_workers=args.api_workers,
     )
 
@@ -275,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="API processes (visionq api --workers N; default 1)",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for a worker to serve (default 120; 900 with VISIONQ_COMPILE=1)",
     )
 
     p = add("api", cmd_api, "the API server only")

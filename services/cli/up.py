@@ -20,6 +20,11 @@ from services.common.settings import get_api_settings, get_worker_settings
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
+# How long `up` waits for a worker to serve: loading a model takes seconds; with
+# VISIONQ_COMPILE, the first start compiles every batch bucket (a cold Inductor cache took
+# 136 s for mobilenet_v3_small on 2 CPU cores), so it gets longer.
+READY_TIMEOUT_S = 120.0
+COMPILED_READY_TIMEOUT_S = 900.0
 
 
 def plan_workers(gpus: list[str], workers: int | None) -> list[str | None]:
@@ -151,14 +156,19 @@ def run_up(
     redis_port: int,
     workers: int | None,
     redis_dir: Path | None = None,
-    ready_timeout_s: float = 120.0,
+    ready_timeout_s: float | None = None,
     api_workers: int = 1,
 ) -> int:
     """Start Redis (unless VISIONQ_REDIS_URL is set), the API and the workers; supervise.
 
     ``api_workers`` > 1 runs the API as ``visionq api --workers N`` (uvicorn processes).
+    ``ready_timeout_s``: seconds to wait for a worker to serve (None: READY_TIMEOUT_S, or
+    COMPILED_READY_TIMEOUT_S with VISIONQ_COMPILE on).
     """
     settings = get_api_settings()
+    compiled = get_worker_settings().compile
+    if ready_timeout_s is None:
+        ready_timeout_s = COMPILED_READY_TIMEOUT_S if compiled else READY_TIMEOUT_S
     plan = plan_workers(visible_gpus(), workers)
     embedded = "redis_url" not in settings.model_fields_set
     check_ports(planned_ports(host, port, redis_port if embedded else 0, len(plan)))
@@ -193,6 +203,13 @@ def run_up(
         url = _probe_url(host, port)
         problem = wait_ready(sup, url, ready_timeout_s, run_token)
         if problem is not None:
+            if problem.startswith("not ready after"):
+                problem += (
+                    " (VISIONQ_COMPILE=1: the first start compiles every batch bucket; "
+                    "later starts reuse Inductor's cache)"
+                    if compiled
+                    else ""
+                ) + "; --ready-timeout SECONDS waits longer"
             print(f"visionq up failed: {problem}; stopping everything", file=sys.stderr)
             return 1
         if sup.stopping:

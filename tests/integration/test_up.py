@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -75,3 +77,54 @@ def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_worker_not_ready_in_time_is_reported_with_what_to_do(
+    models_file: Path, tmp_path: Path, compiled: bool
+) -> None:
+    """Past --ready-timeout, `up` says so, names the option (and, compiled, why a first
+    start is slow: every bucket compiles), stops everything it started and exits 1."""
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(
+        {
+            "VISIONQ_MODELS": TEST_MODEL,
+            "VISIONQ_MODELS_FILE": str(models_file),
+            "VISIONQ_METRICS_PORT": "0",
+            "CUDA_VISIBLE_DEVICES": "",
+            "VISIONQ_COMPILE": "1" if compiled else "0",
+            "VISIONQ_TEST_MARK": mark,
+        }
+    )
+    argv = [sys.executable, "-m", "services.cli.main", "up", "--port", str(free_port())]
+    up = subprocess.Popen(
+        [*argv, "--ready-timeout", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 1, out
+    assert "not ready after 1 s" in out and "--ready-timeout SECONDS waits longer" in out, out
+    assert ("compiles every batch bucket" in out) == compiled, out
+    # Every child inherited the mark: none may outlive `up`.
+    leftovers = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("VISIONQ_TEST_MARK") == mark:
+                leftovers.append(" ".join(proc.cmdline()))
+    assert not leftovers, leftovers
+
+
+def test_ready_timeout_must_be_a_positive_number() -> None:
+    argv = [sys.executable, "-m", "services.cli.main", "up", "--ready-timeout", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a positive number" in done.stderr, done.stderr

@@ -222,10 +222,10 @@ def channels_last_for(spec: ModelSpec, wanted: bool) -> bool:
     """
     if wanted and spec.kind != "torchvision":
         logger.info(
-            "model %s: a %s archive gets NCHW (contiguous) batches, as traced; "
+            "model %s: its %s archive gets NCHW (contiguous) batches, as traced; "
             "channels_last is for torchvision models",
             spec.name,
-            spec.kind,
+            {"torchscript": "TorchScript", "export": "torch.export"}.get(spec.kind, spec.kind),
         )
         return False
     return wanted

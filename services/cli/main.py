@@ -25,10 +25,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
     return value
 
 
@@ -286,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ready-timeout",
-        type=_positive_float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="how long to wait for a worker to serve (default 120; 900 with VISIONQ_COMPILE=1)",

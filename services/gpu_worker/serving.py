@@ -69,8 +69,12 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
     )
 
 
-# What Tensor.view raises when the layout changed under it (channels_last inputs).
-_LAYOUT_ERROR = "view size is not compatible with input tensor's size and stride"
+# What Tensor.view raises when the layout changed under it (channels_last inputs): eager
+# torch's wording, and torch.compile's (Dynamo's fake-tensor pass) for the same call.
+_LAYOUT_ERRORS = (
+    "view size is not compatible with input tensor's size and stride",
+    "Cannot view a tensor with shape",
+)
 
 
 def _warmup_image() -> bytes:
@@ -140,10 +144,14 @@ def wrap_handler(
     try:
         for size in sizes:
             forward([item] * size)
-    except RuntimeError as exc:
-        if settings.channels_last and _LAYOUT_ERROR in str(exc):
+    except Exception as exc:  # eager raises RuntimeError; Dynamo its own exception types
+        said = str(exc)
+        found = [said.find(marker) for marker in _LAYOUT_ERRORS if marker in said]
+        if settings.channels_last and found:
+            # From the marker on: Dynamo's message wraps the view error in lines of its own.
+            said = said[found[0] :].splitlines()[0][:300].rstrip(" .')")
             raise ConfigError(
-                f"model {spec.name!r} fails on channels_last (NHWC) batches: {str(exc)[:300]}. "
+                f"model {spec.name!r} fails on channels_last (NHWC) batches: {said}. "
                 "Its forward calls .view on an activation whose memory layout follows the "
                 "input's; use .reshape or torch.flatten there, or set VISIONQ_CHANNELS_LAST=0"
             ) from exc

@@ -124,7 +124,9 @@ def test_a_worker_not_ready_in_time_is_reported_with_what_to_do(
     assert not leftovers, leftovers
 
 
-def test_ready_timeout_must_be_a_positive_number() -> None:
-    argv = [sys.executable, "-m", "services.cli.main", "up", "--ready-timeout", "0"]
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "inf", "nan"])
+def test_ready_timeout_must_be_a_positive_finite_number(value: str) -> None:
+    argv = [sys.executable, "-m", "services.cli.main", "up", f"--ready-timeout={value}"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "not a positive number" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert f"'{value}' is not a positive, finite number of seconds" in done.stderr, done.stderr

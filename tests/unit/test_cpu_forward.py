@@ -239,17 +239,25 @@ class _ViewHandler(ClassificationHandler):
         self.spec, self.device, self.labels = spec, device, [f"c{i}" for i in range(5)]
         self.normalize = Normalizer(spec.preprocess, device, self.options.channels_last)
         self.module = prepare_module(
-            _ViewNet().eval(), device, channels_last=self.options.channels_last, compile=False
+            _ViewNet().eval(),
+            device,
+            channels_last=self.options.channels_last,
+            compile=self.options.compile,
         )
         self._decode, self._stack = self._decode_cpu, np.stack
 
 
-def test_an_eager_model_that_views_names_the_setting_at_start_up() -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_eager_model_that_views_names_the_setting_at_start_up(compiled: bool) -> None:
+    """Eager torch and torch.compile (Dynamo) word the .view error differently; both get
+    the same message, naming the setting."""
     spec = BUILTIN_MODELS["mobilenet_v3_small"]
-    handler = _ViewHandler(HandlerOptions())
+    handler = _ViewHandler(HandlerOptions(compile=compiled))
     handler.setup(CPU, spec)
-    with pytest.raises(ConfigError, match=r"channels_last.*VISIONQ_CHANNELS_LAST=0"):
-        wrap_handler(handler, spec, WorkerSettings(), CPU)
+    with pytest.raises(ConfigError, match=r"channels_last.*VISIONQ_CHANNELS_LAST=0") as info:
+        wrap_handler(handler, spec, WorkerSettings(compile=compiled, max_batch_size=2), CPU)
+    said = str(info.value)
+    assert "view" in said and ".. " not in said and "\n" not in said, said
     plain = _ViewHandler(HandlerOptions(channels_last=False))
     plain.setup(CPU, spec)
     served = wrap_handler(plain, spec, WorkerSettings(channels_last=False), CPU)

@@ -19,6 +19,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 RESULTS = Path("results")
 
 
@@ -63,6 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_ints,
         default=[1],
         help="API processes of the served stack; a list (1,2) runs it once per count",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="workers of the served stack (visionq up --workers N: CPU workers without a "
+        "GPU, else the first N GPUs; default: up's own, one CPU worker or every GPU)",
     )
     p.add_argument("--quick", action="store_true", help="a short run (well under 2 minutes)")
     p.add_argument(

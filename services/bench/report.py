@@ -152,8 +152,10 @@ def table(result: dict[str, Any]) -> str:
     raw = result.get("raw") or {}
     device = result.get("device") or raw.get("device", "?")
     threads = f" ({raw['torch_threads']} torch threads)" if raw else ""
+    n = result.get("workers")
+    workers = f", {n} worker{'s' if n != 1 else ''}" if n else ""
     lines = [
-        f"model {result['model']} on {device}{threads}, "
+        f"model {result['model']} on {device}{threads}{workers}, "
         f"{result['images']} images {result['image_size']}",
         *_raw_lines(result),
         *[n for n in result.get("notes", []) if not n.startswith("raw")],

@@ -112,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
         "machine": {"platform": platform.platform(), "cpus": _cpus()},
         "raw": raw.to_json() if raw is not None else None,
         "max_batch_size": args.max_batch_size,
+        "workers": args.workers,  # None: visionq up's default
         "notes": notes,
     }
     for phase in plan_phases(args, device):
         result[phase.name] = []
         pids: list[int] = []
         with running_stack(args.model, phase.overrides, pids=pids,
-                           api_workers=phase.api_workers) as url:  # fmt: skip
+                           api_workers=phase.api_workers, workers=args.workers) as url:  # fmt: skip
             for c in args.concurrency:
                 print(f"{phase.name}: {c} clients for {args.seconds:g} s ...", flush=True)
                 meter = StackMeter(pids[0])

@@ -25,12 +25,14 @@ def running_stack(
     redis_port: int = 0,
     pids: list[int] | None = None,
     api_workers: int = 1,
+    workers: int | None = None,
 ) -> Iterator[str]:
     """Start the whole stack with these VISIONQ_* overrides; yield its URL; stop it.
 
     ``redis_port`` fixes the embedded Redis's port (0: any free one) and ``pids`` receives
     the ``visionq up`` process id, for a caller that measures their CPU; ``api_workers``
-    is the API's process count (``visionq up --api-workers``).
+    is the API's process count (``visionq up --api-workers``), ``workers`` the worker count
+    (``visionq up --workers``; None: up's default).
     """
     port = free_port()
     env = dict(os.environ)
@@ -48,7 +50,8 @@ def running_stack(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "up", "--port", str(port),
-             "--redis-port", str(redis_port), "--api-workers", str(api_workers)],
+             "--redis-port", str(redis_port), "--api-workers", str(api_workers),
+             *(["--workers", str(workers)] if workers is not None else [])],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     if pids is not None:

@@ -77,3 +77,29 @@ def test_noop_bench_reports_cpu_per_process(tmp_path: Path) -> None:
     children = {p["label"]: p["cpu_s"] for p in api if p["label"] in ("api/1", "api/2")}
     assert len(children) == 2 and sum(children.values()) > 0, api
     assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(120)
+def test_bench_workers_runs_that_many_workers(tmp_path: Path) -> None:
+    """``--workers 2``: two CPU worker processes under ``visionq up``, each measured apart."""
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update({"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "VISIONQ_ALLOW_DOWNLOAD": "0"})
+    argv = [sys.executable, "-m", "services.cli.main", "bench", "--model", "noop",
+            "--workers", "2", "--concurrency", "8", "--seconds", "1.5", "--warmup", "0.3",
+            "--count", "8", "--out", str(out), "--chart", str(chart)]  # fmt: skip
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=110, env=env)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-2000:])
+    assert "on cpu, 2 workers" in run.stdout, run.stdout
+    result = json.loads(out.read_text())
+    assert result["workers"] == 2
+    (row,) = result["served"]
+    _check_point(row)
+    workers = [p for p in row["cpu"]["processes"] if p["role"] == "worker"]
+    assert sorted(p["label"] for p in workers) == ["worker-0", "worker-1"], workers
+
+
+def test_bench_workers_must_be_a_positive_integer() -> None:
+    argv = [sys.executable, "-m", "services.cli.main", "bench", "--workers", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "'0' is not a positive integer" in done.stderr, done.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,3 +61,20 @@ def error_code(resp: httpx.Response) -> str:
     """The contract's error code of a response."""
     code: str = resp.json()["error"]["code"]
     return code
+
+
+def up_env(models_file: Path, **extra: str) -> dict[str, str]:
+    """The environment for a `visionq up` child: no inherited VISIONQ_*, the test model,
+    no metrics port, no GPU; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(
+        {
+            "VISIONQ_MODELS": TEST_MODEL,
+            "VISIONQ_MODELS_FILE": str(models_file),
+            "VISIONQ_METRICS_PORT": "0",
+            "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env

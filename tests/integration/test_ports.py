@@ -18,7 +18,7 @@ import pytest
 from services.cli.supervisor import Supervisor
 from services.cli.up import wait_ready
 from services.common.redis_server import free_port
-from tests.conftest import TEST_MODEL
+from tests.integration.helpers import up_env
 from tests.integration.stack import ROOT
 
 pytestmark = pytest.mark.integration
@@ -52,21 +52,6 @@ def foreign() -> Iterator[int]:
         server.server_close()
 
 
-def _env(models_file: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env.update(
-        {
-            "VISIONQ_MODELS": TEST_MODEL,
-            "VISIONQ_MODELS_FILE": str(models_file),
-            "VISIONQ_METRICS_PORT": "0",
-            "CUDA_VISIBLE_DEVICES": "",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra)
-    return env
-
-
 def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
     start = time.monotonic()
     proc = subprocess.run(
@@ -94,7 +79,7 @@ def test_up_with_a_taken_port_exits_at_once_naming_it(
     else:
         extra["VISIONQ_METRICS_PORT"] = str(foreign)
     args = ["up", "--port", str(api), "--redis-port", str(redis_port)]
-    code, out, took = _run(args, _env(models_file, **extra))
+    code, out, took = _run(args, up_env(models_file, **extra))
     assert code != 0, out
     assert "visionq is up" not in out
     # Seconds, not the 120 s readiness wait: nothing was started.
@@ -107,7 +92,7 @@ def test_up_with_a_taken_port_exits_at_once_naming_it(
 
 
 def test_api_with_its_port_taken_exits_2(foreign: int, models_file: Path) -> None:
-    env = _env(models_file, VISIONQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env = up_env(models_file, VISIONQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     code, out, _ = _run(["api", "--port", str(foreign)], env)
     assert code == 2, out
     assert f"port {foreign} (API, 127.0.0.1) is already in use" in out
@@ -121,7 +106,7 @@ def test_worker_with_its_metrics_port_taken_exits_2_before_loading(
         held.bind(("0.0.0.0", 0))
         held.listen()
         port = held.getsockname()[1]
-        env = _env(
+        env = up_env(
             models_file,
             VISIONQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
             VISIONQ_METRICS_PORT=str(port - 1),

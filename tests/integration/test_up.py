@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import psutil
 import pytest
 
 from services.common.redis_server import free_port
-from tests.conftest import TEST_MODEL
 from tests.images import jpeg
+from tests.integration.helpers import up_env
 from tests.integration.stack import ROOT
 
 pytestmark = pytest.mark.integration
@@ -25,16 +24,7 @@ pytestmark = pytest.mark.integration
 
 def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env.update(
-        {
-            "VISIONQ_MODELS": TEST_MODEL,
-            "VISIONQ_MODELS_FILE": str(models_file),
-            "VISIONQ_METRICS_PORT": "0",
-            "CUDA_VISIBLE_DEVICES": "",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = up_env(models_file)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
@@ -86,17 +76,7 @@ def test_a_worker_not_ready_in_time_is_reported_with_what_to_do(
     """Past --ready-timeout, `up` says so, names the option (and, compiled, why a first
     start is slow: every bucket compiles), stops everything it started and exits 1."""
     mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env.update(
-        {
-            "VISIONQ_MODELS": TEST_MODEL,
-            "VISIONQ_MODELS_FILE": str(models_file),
-            "VISIONQ_METRICS_PORT": "0",
-            "CUDA_VISIBLE_DEVICES": "",
-            "VISIONQ_COMPILE": "1" if compiled else "0",
-            "VISIONQ_TEST_MARK": mark,
-        }
-    )
+    env = up_env(models_file, VISIONQ_COMPILE="1" if compiled else "0", VISIONQ_TEST_MARK=mark)
     argv = [sys.executable, "-m", "services.cli.main", "up", "--port", str(free_port())]
     up = subprocess.Popen(
         [*argv, "--ready-timeout", "1"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import torch
@@ -135,8 +136,6 @@ def _foldable_pairs(module: torch.nn.Module) -> list[tuple[str, str]]:
     follow). A layer or norm called more than once (a shared module) is skipped: changing it
     would change every call.
     """
-    from collections import Counter
-
     import torch.fx
 
     graph = torch.fx.symbolic_trace(module).graph

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.cli import argtypes
+
 __all__ = ["add_arguments"]
 
 
@@ -17,16 +19,6 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("a comma list of positive integers, e.g. 1,4,16")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 RESULTS = Path("results")
@@ -76,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="workers of the served stack (visionq up --workers N: CPU workers without a "
         "GPU, else the first N GPUs; default: up's own, one CPU worker or every GPU)",

@@ -10,43 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.cli import argtypes
 from services.common.errors import ConfigError
 
 if TYPE_CHECKING:
     from services.common.settings import ApiSettings
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a TCP port")
-    return value
 
 
 def _device(text: str) -> str:
@@ -266,9 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up, "Redis (embedded unless VISIONQ_REDIS_URL is set), API and workers")
     p.add_argument("--host", default="127.0.0.1", help="API bind address (default 127.0.0.1)")
     p.add_argument(
-        "--port", type=_port, default=8000, help="API port (default 8000; make up ARGS='--port N')"
+        "--port",
+        type=argtypes.port,
+        default=8000,
+        help="API port (default 8000; make up ARGS='--port N')",
     )
-    p.add_argument("--redis-port", type=_port, default=0, help="embedded Redis port; 0 = free")
+    p.add_argument(
+        "--redis-port", type=argtypes.port, default=0, help="embedded Redis port; 0 = free"
+    )
     p.add_argument(
         "--redis-dir",
         type=Path,
@@ -277,19 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="CPU workers when no GPU is visible (default 1); else the first N GPUs",
     )
     p.add_argument(
         "--api-workers",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=1,
         help="API processes (visionq api --workers N; default 1)",
     )
     p.add_argument(
         "--ready-timeout",
-        type=_seconds,
+        type=argtypes.seconds,
         default=None,
         metavar="SECONDS",
         help="how long to wait for a worker to serve (default 120; 900 with VISIONQ_COMPILE=1)",
@@ -297,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("api", cmd_api, "the API server only")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=argtypes.port, default=8000, help="TCP port (default 8000)")
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=1,
         help="uvicorn processes (they share metrics files)",
     )
@@ -321,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="all", help="all, or a comma list of GPU ids such as 0,2")
 
     p = add("compose", cmd_compose, "write docker-compose.gpu.yml for N GPUs")
-    p.add_argument("--gpus", type=_positive_int, required=True, help="GPUs on the host")
+    p.add_argument("--gpus", type=argtypes.positive_int, required=True, help="GPUs on the host")
     p.add_argument(
         "--out",
         type=Path,
@@ -341,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         help="labels per image, classifiers (default: the server's, 5)",
     )
@@ -382,13 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=4,
         help="requests in flight at once (default 4)",
     )
     p.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=3,
         help="retries per file on 429/503 and refused connections (default 3)",
     )

@@ -55,7 +55,8 @@ class DetectionHandler(Handler):
         scale = float(round(max(full) / max(image.size)))
         if max(image.size) > MAX_SIDE:
             shrink = max(image.size) / MAX_SIDE
-            size = (round(image.width / shrink), round(image.height / shrink))
+            # At least one pixel a side: a 30000x1 strip would otherwise be asked for 0 rows.
+            size = (max(1, round(image.width / shrink)), max(1, round(image.height / shrink)))
             image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
             scale *= shrink
         array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))

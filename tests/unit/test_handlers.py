@@ -156,3 +156,25 @@ def test_large_class_maps_are_resized_one_class_at_a_time_with_the_same_result(
     direct = segmentation._class_map(logits, (40, 37))
     monkeypatch.setattr(segmentation, "_CHUNKED_ABOVE", 0)
     np.testing.assert_array_equal(segmentation._class_map(logits, (40, 37)), direct)
+
+
+@pytest.mark.parametrize("size", [(30000, 1), (1, 30000), (10000, 2)])
+def test_detector_takes_a_strip(size: tuple[int, int]) -> None:
+    """A valid image far longer than MAX_SIDE on one side and 1-2 pixels on the other: the
+    shrink keeps one pixel a side instead of asking Pillow for 0 (ZeroDivisionError)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    spec = BUILTIN_MODELS["ssdlite320_mobilenet_v3_large"]
+    handler = make_handler(spec, HandlerOptions(allow_random_weights=True, allow_download=False))
+    handler.setup(torch.device("cpu"), spec)
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 30)).save(buf, format="PNG")
+    params = handler.Params()
+    item = handler.decode(buf.getvalue(), params)
+    assert min(item[0].shape[1:]) >= 1
+    with torch.inference_mode():
+        (output,) = handler.split(handler.predict(handler.collate([item])))
+    assert isinstance(handler.encode(output, params)["detections"], list)

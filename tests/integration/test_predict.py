@@ -194,3 +194,16 @@ def test_models_route_counts_both_lanes(stack: Stack) -> None:
     assert after["bulk"] == before["bulk"] + 2
     assert after["interactive"] == before["interactive"]
     assert httpx.delete(f"{stack.url}/v1/batches/{resp.json()['batch_id']}").status_code == 200
+
+
+def test_a_deadline_missed_is_504_even_when_the_job_ended_expired_in_time(stack: Stack) -> None:
+    """With a timeout of a millisecond the worker reaches the job after its deadline and ends
+    it ``expired`` (README, "Delivery rules") -- often before the API's wait gives up. Either
+    way the waiting client gets 504 with the job id, never a 200 that only looks fine."""
+    for seed in range(4):
+        resp = predict(stack.url, files(("late.jpg", jpeg(seed, (96, 96)))), timeout=0.001)
+        assert resp.status_code == 504, resp.text
+        assert resp.json()["error"]["code"] == "timeout"
+        (job_id,) = resp.json()["error"]["job_ids"]
+        (record,) = wait_jobs(stack.url, [job_id], timeout=60)
+        assert record["status"] == "expired"

@@ -84,6 +84,13 @@ async def predict(request: Request) -> JSONResponse:
         exc = Timeout(f"not done within {timeout:g}s; poll the jobs", job_ids=job_ids)
         raise exc
     predictions = _in_upload_order(form, records, job_ids)
+    if all(p.get("error", {}).get("code") == Status.EXPIRED.value for p in predictions):
+        # Ended in time, but without running: no worker reached them before the deadline.
+        # To the client that waited, that is a timeout (README, "Delivery rules").
+        raise Timeout(
+            f"not done within {timeout:g}s: no worker reached the jobs before their deadline",
+            job_ids=job_ids,
+        )
     if all(p.get("error", {}).get("code") == InvalidImage.code for p in predictions):
         first = predictions[0]["error"]
         raise InvalidImage(first["message"], job_ids=job_ids)

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from typing import TYPE_CHECKING
 
 from services.common.errors import ConfigError
@@ -54,8 +55,6 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     # An evicting Redis would drop the jobs this worker is to run: refuse it (ConfigError).
     read_memory(client, check=settings.redis_policy_check)
 
-    from prometheus_client import start_http_server
-
     from models.specs import load_registry
     from services.common.celery_app import make_celery
     from services.common.jobs import LANES, queue_name
@@ -65,6 +64,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     from services.gpu_worker.handback import HandBack, fence_key, held_key
     from services.gpu_worker.heartbeat import Heartbeat
     from services.gpu_worker.metrics import WorkerMetrics
+    from services.gpu_worker.probe_server import start_probe_server
     from services.gpu_worker.reaper import Reaper
     from services.gpu_worker.runtime import Runtime
     from services.gpu_worker.store import JobStore
@@ -90,17 +90,18 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
     # Unique per process start: a restarted container has the same host name and often the
     # same PID (1), and must not inherit the fence of the process it replaces.
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{plan.label}:{secrets.token_hex(3)}"
+    serving = threading.Event()  # /readyz on the metrics port: 200 while set
     if settings.metrics_port:
         # Bind before the (slow) model load: a taken port ends this process at once with
         # one line, instead of a traceback after loading and a supervisor restart loop.
         port = settings.metrics_port + index
         try:
-            start_http_server(port, addr=settings.metrics_host)
+            start_probe_server(port, settings.metrics_host, serving.is_set)
         except OSError as exc:
             use = PortUse(settings.metrics_host, port, f"worker {index} metrics",
                           "VISIONQ_METRICS_PORT (worker i uses it + i; 0 = off)")  # fmt: skip
             raise ConfigError(describe_taken(use, exc)) from exc
-        logger.info("worker metrics on :%d/metrics", port)
+        logger.info("worker metrics on :%d/metrics (probes: /readyz, /healthz)", port)
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)
     handback = HandBack(client)
@@ -113,6 +114,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         raise ConfigError(f"worker could not load its models: {exc}") from exc
     label = runtime.device_label
     metrics.mark_up(label, {name: served.task for name, served in runtime.served.items()})
+    serving.set()
     gpu_sampler = start_gpu_sampler(label, metrics)
 
     weights = {
@@ -193,6 +195,7 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
         if clean:
             _leave(reaper, handback, worker_id)
         heartbeat.stop()
+        serving.clear()
         metrics.worker_up.labels(label).set(0)
         if gpu_sampler is not None:
             gpu_sampler.stop()

@@ -107,6 +107,12 @@ def test_api_redis_and_services(variant: str) -> None:
     (api,) = _of(docs, "Deployment")["api"]["spec"]["template"]["spec"]["containers"]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # /readyz may wait 2 x VISIONQ_REDIS_TIMEOUT_S (2 s) on a slow Redis: not k8s's 1 s.
+    assert api["readinessProbe"]["timeoutSeconds"] >= 5
+    for worker in _workers(docs).values():
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        # Ready once the model is loaded and warmed, not when the metrics port is bound.
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     redis = _of(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
     assert "--appendonly yes" in " ".join(redis["command"])
     # The API takes jobs for exactly the models some worker Deployment serves.

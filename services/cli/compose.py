@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from services.common.errors import ConfigError
+from services.common.settings import WORKER_EXIT_MARGIN_S, WorkerSettings
 
 # Off the 9100-9999 exporter range (9100 is node_exporter; that range is fully allocated):
 # see README "Monitoring" for the choice.
@@ -21,6 +22,11 @@ METRICS_BASE_PORT = 18100
 API_PORT = 8000
 # VISIONQ_GRACEFUL_SHUTDOWN_TIMEOUT_S of the API service: how long a waiting request may finish.
 API_GRACEFUL_SHUTDOWN_S = 30
+# A worker's stop_grace_period: its exit bound with the default batch time limit (60 + 10 s)
+# plus 5 s, as the k8s pods' terminationGracePeriodSeconds.
+WORKER_GRACE_S = round(
+    WorkerSettings.model_fields["batch_time_limit_s"].default + WORKER_EXIT_MARGIN_S + 5
+)
 WORKER_TARGETS = Path("deploy/prometheus/targets/workers.yml")
 
 _HEADER = (
@@ -95,8 +101,9 @@ def worker_service(index: int) -> dict[str, Any]:
         "volumes": ["torch-cache:/home/visionq/.cache/torch"],
         "depends_on": {"redis": {"condition": "service_healthy"}},
         "restart": "unless-stopped",
-        "stop_grace_period": "60s",
-        "healthcheck": _healthcheck(_python_get(f"http://127.0.0.1:{port}/metrics"), "120s"),
+        "stop_grace_period": f"{WORKER_GRACE_S}s",
+        # /readyz: 503 until the model is loaded and warmed (its /metrics answers before).
+        "healthcheck": _healthcheck(_python_get(f"http://127.0.0.1:{port}/readyz"), "120s"),
         "deploy": {
             "resources": {
                 "reservations": {

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=argtypes.port,
         default=8000,
-        help="API port (default 8000; make up ARGS='--port N')",
+        help="API port (default 8000; 0 picks a free one; make up ARGS='--port N')",
     )
     p.add_argument(
         "--redis-port", type=argtypes.port, default=0, help="embedded Redis port; 0 = free"

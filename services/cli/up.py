@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,24 @@ PROGRESS_EVERY_S = 5.0
 # the model once (16-20 s for the same model), so it gets longer.
 READY_TIMEOUT_S = 120.0
 COMPILED_READY_TIMEOUT_S = 900.0
+
+
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on at ``host`` right now (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def worker_stop_timeout_s() -> float:
+    """How long a supervisor waits for its workers after SIGTERM before SIGKILL: their own
+    exit bound (batch time limit + margin; see ``WorkerSettings.exit_bound_s``) plus 5 s,
+    as the pods' ``terminationGracePeriodSeconds`` (75 with the defaults). A shorter wait
+    would kill a batch still in its forward pass, which then runs again elsewhere and
+    counts a delivery against the job."""
+    return get_worker_settings().exit_bound_s + 5.0
 
 
 def plan_workers(gpus: list[str], workers: int | None) -> list[str | None]:
@@ -172,10 +191,14 @@ def run_up(
     if ready_timeout_s is None:
         ready_timeout_s = COMPILED_READY_TIMEOUT_S if compiled else READY_TIMEOUT_S
     plan = plan_workers(visible_gpus(), workers)
+    if port == 0:
+        # Chosen here, not by the API's bind: `up` must know where to probe and what to
+        # print, and a restarted API must come back on the same port.
+        port = free_port(host)
     embedded = "redis_url" not in settings.model_fields_set
     check_ports(planned_ports(host, port, redis_port if embedded else 0, len(plan)))
     run_token = secrets.token_hex(16)
-    sup = Supervisor()
+    sup = Supervisor(stop_timeout_s=worker_stop_timeout_s())
     sup.install_signal_handlers()
     redis_server: RedisServer | None = None
     failed = False
@@ -245,7 +268,7 @@ def run_up(
 def run_workers(gpus_arg: str) -> int:
     """One pinned worker per chosen GPU, supervised until SIGINT/SIGTERM."""
     gpus = parse_gpu_arg(gpus_arg)
-    sup = Supervisor()
+    sup = Supervisor(stop_timeout_s=worker_stop_timeout_s())
     sup.install_signal_handlers()
     for index, gpu in enumerate(gpus):
         sup.add(worker_spec(index, gpu))

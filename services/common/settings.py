@@ -269,6 +269,11 @@ def read_key_digests(path: Path) -> list[bytes]:
     return digests
 
 
+# A worker asked to stop exits within VISIONQ_BATCH_TIME_LIMIT_S + this, whatever happens:
+# the batch in its forward pass, its hurried store, then Celery's own close.
+WORKER_EXIT_MARGIN_S = 10.0
+
+
 class WorkerSettings(CommonSettings):
     """Settings of one GPU (or CPU) worker process."""
 
@@ -333,6 +338,12 @@ class WorkerSettings(CommonSettings):
         if not _HEX_COLOR.match(value.strip()):
             raise ValueError(f"{value!r} is not a colour such as #ffffff")
         return value.strip()
+
+    @property
+    def exit_bound_s(self) -> float:
+        """Seconds within which this worker exits once asked to stop (SIGTERM): its batch
+        time limit plus ``WORKER_EXIT_MARGIN_S``. Whoever stops it must wait that long."""
+        return self.batch_time_limit_s + WORKER_EXIT_MARGIN_S
 
     @property
     def background_rgb(self) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ import redis
 
 from models.specs import ModelSpec
 from services.common.logs import log_context
-from services.common.settings import WorkerSettings
+from services.common.settings import WORKER_EXIT_MARGIN_S, WorkerSettings
 from services.gpu_worker import acks, job_trace
 from services.gpu_worker.batcher import Batcher
 from services.gpu_worker.device import DevicePlan, available_cpus, default_threads
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # After a hand-back starts: the batch in its forward pass (at most the batch time limit),
 # storing it (at most store.HURRIED_STORE_S), then Celery's own close. Past this, exit.
-EXIT_MARGIN_S = 10.0
+EXIT_MARGIN_S = WORKER_EXIT_MARGIN_S
 # Failures that are ours, not the client's: each gets a log line (bad images do not).
 _SERVER_FAULTS = frozenset({"inference_error", "out_of_memory"})
 # The next batch waits for the queued one to start only where preparing an item (claim +

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path) -> None:
-    port = free_port()
+    """With ``--port 0`` (a free port, as ``--redis-port 0``): `up` picks it, says which, and
+    serves there; it used to probe port 0 until its ready timeout."""
     env = up_env(models_file)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -34,7 +36,7 @@ def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path
                 "services.cli.main",
                 "up",
                 "--port",
-                str(port),
+                "0",
                 "--redis-port",
                 "0",
             ],
@@ -49,7 +51,10 @@ def test_up_serves_and_ctrl_c_stops_everything(models_file: Path, tmp_path: Path
             assert up.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        assert f"http://127.0.0.1:{port}" in log.read_text()
+        found = re.search(r"visionq is up: API at http://127\.0\.0\.1:(\d+) ", log.read_text())
+        assert found, log.read_text()
+        port = int(found.group(1))
+        assert port != 0
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "redis-server" in names and " api " in f" {names} " and "worker" in names

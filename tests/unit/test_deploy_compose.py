@@ -75,7 +75,7 @@ def test_each_worker_reserves_exactly_its_own_gpu() -> None:
         assert command[command.index("--index") + 1] == gpu
         assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
         port = METRICS_BASE_PORT + int(gpu)
-        assert f":{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+        assert f":{port}/readyz" in " ".join(worker["healthcheck"]["test"])
     assert seen == [str(i) for i in range(STATED_GPUS)]
 
 

@@ -145,6 +145,11 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
+# The most threads of each kind a worker starts by default (VISIONQ_DECODE_THREADS and
+# VISIONQ_TORCH_THREADS may ask for more).
+MAX_DEFAULT_THREADS = 16
+
+
 def default_threads(device_type: str, cores: int | None) -> tuple[int, int]:
     """(torch intra-op threads, decode threads) for this machine.
 
@@ -152,7 +157,10 @@ def default_threads(device_type: str, cores: int | None) -> tuple[int, int]:
     the rest to decoding the next batch, which measured faster than a wider forward that
     fights the decoder. On CUDA the CPU only decodes.
     """
-    n = max(1, cores or 1)
+    # Capped: without a CPU limit (a pod with requests only) there is no cgroup quota, and
+    # the affinity mask is the node's cores -- hundreds of threads for a pod that asked for
+    # two. Manifests set VISIONQ_DECODE_THREADS to their request; this bounds the rest.
+    n = min(max(1, cores or 1), MAX_DEFAULT_THREADS)
     if device_type == "cuda":
         return 1, n
     return max(1, n - 1), max(1, n - 1)

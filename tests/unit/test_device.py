@@ -65,3 +65,10 @@ def test_threads_leave_a_core_for_decoding_on_cpu() -> None:
     assert default_threads("cpu", 8) == (7, 7)
     assert default_threads("cuda", 8) == (1, 8)
     assert default_threads("cpu", None) == (1, 1)
+
+
+def test_default_threads_are_bounded_on_a_big_node() -> None:
+    # A pod with CPU requests and no limit sees the node's 128 cores and no quota.
+    torch_threads, decode_threads = default_threads("cuda", 128)
+    assert decode_threads <= 16 and torch_threads == 1
+    assert max(default_threads("cpu", 128)) <= 16

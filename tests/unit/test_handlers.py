@@ -178,3 +178,28 @@ def test_detector_takes_a_strip(size: tuple[int, int]) -> None:
     with torch.inference_mode():
         (output,) = handler.split(handler.predict(handler.collate([item])))
     assert isinstance(handler.encode(output, params)["detections"], list)
+
+
+def test_class_maps_above_the_bound_are_enlarged_from_a_bounded_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 36-megapixel photo must not cost 21 full-size logit maps: the map is computed at
+    MAX_MAP_PIXELS and enlarged (here the bound is made small to keep the test quick)."""
+    import torch
+
+    from models.handlers import segmentation
+
+    logits = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    logits = torch.nn.functional.interpolate(logits, size=(48, 48), mode="bilinear")[:, 0]
+    size = (300, 250)
+    exact = segmentation._class_map(logits, size)  # under the real bound: full resolution
+    monkeypatch.setattr(segmentation, "MAX_MAP_PIXELS", 100 * 100)
+    assert segmentation._bounded(size) == (109, 91)
+    bounded = segmentation._class_map(logits, size)
+    assert bounded.shape == size and bounded.dtype == np.uint8
+    small = segmentation._class_map(logits, (109, 91))
+    rows = np.minimum((np.arange(300) + 0.5) * 109 / 300, 108).astype(int)
+    cols = np.minimum((np.arange(250) + 0.5) * 91 / 250, 90).astype(int)
+    np.testing.assert_array_equal(bounded, small[rows][:, cols])  # nearest neighbour
+    assert (bounded == exact).mean() > 0.97  # only boundaries move, by under one cell
+    assert len(np.unique(exact)) > 2

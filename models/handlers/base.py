@@ -59,8 +59,6 @@ class HandlerOptions:
     # VISIONQ_FOLD_BATCHNORM: on the CPU, BatchNorm folded into the convolution before it
     fold_batchnorm: bool = True
     compile: bool = False
-    # VISIONQ_AOT_COMPILE: on the CPU, the forward compiled ahead of time (AOTInductor)
-    aot_compile: bool = False
     gpu_decode: bool = False
     background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels flattened onto it
     accepted_formats: tuple[str, ...] | None = None  # None: every format this build reads
@@ -147,15 +145,6 @@ class Handler:
         self.labels = loaded.labels
         self.weights_source = loaded.source
         return loaded
-
-    def aot_input(self, spec: ModelSpec) -> tuple[int, int, int] | None:
-        """The (C, H, W) of one input to compile the model for when ``VISIONQ_AOT_COMPILE``
-        is on (``prepare_module``'s ``aot_input``): RGB at the spec's input size; else None.
-        """
-        if not self.options.aot_compile:
-            return None
-        size = spec.preprocess.input_size
-        return 3, size, size
 
     def label(self, index: int) -> str:
         """The label of a class index (its number when the model has no such label)."""

@@ -42,9 +42,6 @@ class ClassificationHandler(Handler):
             channels_last=layout,
             compile=self.options.compile,
             fold=self.options.fold_batchnorm,
-            aot_input=self.aot_input(spec),
-            aot_cache=not self.weights_source.is_random,
-            name=spec.name,
             half=self.options.weights_dtype,
         )
         self._decode: Callable[[bytes], Any] = self._decode_cpu

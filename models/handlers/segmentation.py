@@ -102,16 +102,12 @@ class SegmentationHandler(Handler):
         self.size = spec.preprocess.input_size
         layout = channels_last_for(spec, self.options.channels_last)
         self.normalize = Normalizer(spec.preprocess, device, layout)
-        loaded = self.load_model(spec, device)
         self.module = prepare_module(
-            loaded.module,
+            self.load_model(spec, device).module,
             device,
             channels_last=layout,
             compile=self.options.compile,
             fold=self.options.fold_batchnorm,
-            aot_input=self.aot_input(spec),
-            aot_cache=not self.weights_source.is_random,
-            name=spec.name,
         )
 
     def decode(self, data: bytes, params: Any) -> SegItem:

@@ -238,19 +238,10 @@ def prepare_module(
     compile: bool,
     half: str | None = None,
     fold: bool = False,
-    aot_input: tuple[int, int, int] | None = None,
-    aot_cache: bool = True,
-    name: str = "",
 ) -> torch.nn.Module:
     """BatchNorm folded into convolutions on the CPU when ``fold`` (``fold_batchnorm``),
     channels_last, weights in ``half`` precision on CUDA (``half_weights``), and
     ``torch.compile`` with static shapes when asked.
-
-    ``aot_input`` (``VISIONQ_AOT_COMPILE``; the (C, H, W) of one input): on the CPU, the
-    prepared module compiled ahead of time by AOTInductor for float32 batches of that shape
-    in the chosen layout (``models.handlers.aot``), so its forward is one native call with
-    the GIL released, and kept in Inductor's cache unless ``aot_cache`` is False (random
-    weights). Ignored, with a warning, on CUDA and for a TorchScript module.
 
     On the CPU, folding and channels_last (NHWC, oneDNN's native layout for convolutions)
     together made mobilenet_v3_small's forward 1.75x faster on one thread (batch 8, 293 ->
@@ -281,17 +272,4 @@ def prepare_module(
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         module = torch.compile(module, dynamic=False)  # type: ignore[assignment]
-    elif aot_input is not None:
-        if device.type != "cpu" or scripted:
-            logger.warning(
-                "VISIONQ_AOT_COMPILE is for eager models on the CPU; model %s is served %s",
-                name or type(module).__name__, "as loaded" if scripted else "eager",
-            )  # fmt: skip
-        else:
-            from models.handlers.aot import aot_compile
-
-            example = torch.zeros((2, *aot_input))
-            if channels_last:
-                example = example.contiguous(memory_format=torch.channels_last)
-            module = aot_compile(module, example, name, cache=aot_cache)
     return module

@@ -267,8 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.seconds,
         default=None,
         metavar="SECONDS",
-        help="how long to wait for a worker to serve (default 120; 900 with VISIONQ_COMPILE=1 "
-        "or VISIONQ_AOT_COMPILE=1)",
+        help="how long to wait for a worker to serve (default 120; 900 with VISIONQ_COMPILE=1)",
     )
 
     p = add("api", cmd_api, "the API server only")

@@ -23,8 +23,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
 # How long `up` waits for a worker to serve: loading a model takes seconds; with
 # VISIONQ_COMPILE, the first start compiles every batch bucket (a cold Inductor cache took
-# 136 s for mobilenet_v3_small on 2 CPU cores), and with VISIONQ_AOT_COMPILE it compiles
-# the model once (16-20 s for the same model), so it gets longer.
+# 136 s for mobilenet_v3_small on 2 CPU cores), so it gets longer.
 READY_TIMEOUT_S = 120.0
 COMPILED_READY_TIMEOUT_S = 900.0
 
@@ -183,11 +182,10 @@ def run_up(
 
     ``api_workers`` > 1 runs the API as ``visionq api --workers N`` (uvicorn processes).
     ``ready_timeout_s``: seconds to wait for a worker to serve (None: READY_TIMEOUT_S, or
-    COMPILED_READY_TIMEOUT_S with VISIONQ_COMPILE or VISIONQ_AOT_COMPILE on).
+    COMPILED_READY_TIMEOUT_S with VISIONQ_COMPILE on).
     """
     settings = get_api_settings()
-    worker_settings = get_worker_settings()
-    compiled = worker_settings.compile or worker_settings.aot_compile
+    compiled = get_worker_settings().compile
     if ready_timeout_s is None:
         ready_timeout_s = COMPILED_READY_TIMEOUT_S if compiled else READY_TIMEOUT_S
     plan = plan_workers(visible_gpus(), workers)
@@ -230,8 +228,8 @@ def run_up(
         if problem is not None:
             if problem.startswith("not ready after"):
                 problem += (
-                    " (VISIONQ_COMPILE / VISIONQ_AOT_COMPILE: the first start compiles the "
-                    "model; later starts reuse Inductor's cache)"
+                    " (VISIONQ_COMPILE=1: the first start compiles every batch bucket; "
+                    "later starts reuse Inductor's cache)"
                     if compiled
                     else ""
                 ) + "; --ready-timeout SECONDS waits longer"

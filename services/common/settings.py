@@ -293,11 +293,6 @@ class WorkerSettings(CommonSettings):
         "exact up to float rounding",
     )
     compile: bool = Field(False, description="torch.compile the model (CUDA; slow first batch)")
-    aot_compile: bool = Field(
-        False,
-        description="CPU: compile the model ahead of time (torch.export + AOTInductor, kept "
-        "in the Inductor cache): one native call per batch, no GIL held; see README",
-    )
     batch_buckets: bool = Field(
         False, description="pad batches to 1,2,4..max so shapes repeat (compile/CUDA graphs)"
     )
@@ -322,15 +317,6 @@ class WorkerSettings(CommonSettings):
         False,
         description="send Celery worker heartbeats and task events (what Flower shows)",
     )
-
-    @model_validator(mode="after")
-    def _one_compiler(self) -> WorkerSettings:
-        if self.compile and self.aot_compile:
-            raise ValueError(
-                "VISIONQ_COMPILE and VISIONQ_AOT_COMPILE are two ways to compile the model: "
-                "set one (AOT for the CPU, torch.compile for CUDA)"
-            )
-        return self
 
     @field_validator("alpha_background")
     @classmethod

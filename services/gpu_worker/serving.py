@@ -61,7 +61,6 @@ def handler_options(settings: WorkerSettings) -> HandlerOptions:
         channels_last=settings.channels_last,
         fold_batchnorm=settings.fold_batchnorm,
         compile=settings.compile,
-        aot_compile=settings.aot_compile,
         gpu_decode=settings.gpu_decode,
         background=settings.background_rgb,
         accepted_formats=tuple(settings.accepted_formats),

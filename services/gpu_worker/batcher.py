@@ -4,6 +4,10 @@ Items arrive one at a time under a key (the model). ``next_batch`` hands out up 
 ``max_batch_size`` items of one key, oldest key first, as soon as the batch is full or the
 oldest item has waited ``max_wait_s``. It never returns an empty batch and keeps arrival
 order inside a batch.
+
+``expect(count, within_s)`` says that many items are already on their way (a bulk delivery
+being handed in message by message): a partial batch then waits for them, up to
+``within_s``, instead of leaving at ``max_wait_s`` with part of the burst.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class Batcher(Generic[T]):
         self._queues: dict[Hashable, _Lanes[T]] = {}
         self._cond = threading.Condition()
         self._closed = False
+        # Items announced by expect() and not yet put, and until when to wait for them.
+        self._expected = 0
+        self._expected_until = 0.0
 
     def put(self, key: Hashable, item: T, urgent: bool = False) -> None:
         """Add one item (urgent ones jump ahead of the others); wakes the collector."""
@@ -66,7 +73,18 @@ class Batcher(Generic[T]):
                 raise RuntimeError("batcher is closed")
             lanes = self._queues.setdefault(key, _Lanes(deque(), deque()))
             (lanes.urgent if urgent else lanes.normal).append(_Entry(item, self._clock()))
+            self._expected = max(0, self._expected - 1)
             self._cond.notify_all()
+
+    def expect(self, count: int, within_s: float) -> None:
+        """``count`` more items will be put within ``within_s`` seconds: a partial batch
+        waits for them (or until then) rather than leave without them. An item that never
+        comes costs at most ``within_s`` of extra wait, once."""
+        if count <= 0:
+            return
+        with self._cond:
+            self._expected += count
+            self._expected_until = max(self._expected_until, self._clock() + within_s)
 
     def close(self) -> None:
         """Stop handing out batches once the pending items are drained."""
@@ -114,6 +132,11 @@ class Batcher(Generic[T]):
                     queue = self._queues[key]
                     wait_for_more = 0.0 if idle is not None and idle() else self.max_wait_s
                     due = queue.oldest() + wait_for_more
+                    if self._expected and not self._closed:
+                        if self._clock() < self._expected_until:
+                            due = max(due, self._expected_until)  # a burst is arriving
+                        else:
+                            self._expected = 0  # never came (handed back, another worker)
                     if self._clock() >= due or self._closed:
                         return key, self._take(key)
                     wake_at = due

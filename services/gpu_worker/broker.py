@@ -64,6 +64,10 @@ _on_fenced: Callable[[], None] | None = None
 # channel lost its connection in a broker outage) go through it instead.
 _spare: redis.Redis | None = None
 
+# Told how many messages a bulk delivery is about to hand in (the runtime's batcher waits
+# for them: Celery hands them to the task pool one at a time, ~0.3-0.5 ms each).
+_on_bulk: Callable[[int], None] | None = None
+
 _RESTORE_LUA = script_text("handback_restore")
 # The most messages one bulk delivery takes (the consumer's prefetch credit caps it first).
 BULK_DELIVERY_MAX = 64
@@ -89,6 +93,12 @@ def record_holdings(
     _fence_key = fence if key is not None else None
     _on_fenced = on_fenced
     _spare = client
+
+
+def on_bulk_delivery(callback: Callable[[int], None] | None) -> None:
+    """Call ``callback(n)`` before a bulk delivery hands ``n`` messages to the consumer."""
+    global _on_bulk
+    _on_bulk = callback
 
 
 def _ack_spare(delivery_tag: str) -> bool:
@@ -283,6 +293,8 @@ class Channel(kombu_redis.Channel):
         messages = [(list_key, loads(body)) for list_key, body in taken]  # type: ignore[no-untyped-call]
         for _, message in messages:
             self.recorded.add(message["properties"]["delivery_tag"])
+        if messages and _on_bulk is not None:
+            _on_bulk(len(messages))
         for done, (list_key, message) in enumerate(messages):
             queue = list_key.rsplit(self.sep, 1)[0]  # kombu's _brpop_read does the same
             try:

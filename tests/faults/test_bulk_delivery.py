@@ -19,7 +19,7 @@ from kombu.utils.json import loads
 from services.common.protocol.keys import queue_name
 from services.common.protocol.scripts import kombu_deliver_many
 from services.common.redis_server import RedisServer
-from services.gpu_worker.broker import Transport, record_holdings
+from services.gpu_worker.broker import Transport, on_bulk_delivery, record_holdings
 from tests.conftest import TEST_MODEL
 from tests.faults.conftest import MakeStack
 from tests.images import jpeg
@@ -180,6 +180,35 @@ def test_a_callback_failing_mid_bulk_gives_the_rest_back_in_order(
         for _ in range(4):
             kombu_conn.drain_events(timeout=5)
     assert sorted(got) == ["m1", "m2", "m3", "m4"]
+
+
+def test_a_bulk_is_announced_before_its_messages_are_handed_in(
+    fault_redis: RedisServer, kombu_conn: Connection
+) -> None:
+    """The worker's batcher is told how many messages a bulk delivery brings before the
+    first of them reaches it, so the batch being formed waits for the burst (batcher.py)."""
+    for body in ("m1", "m2", "m3", "m4"):
+        _publish(kombu_conn, "qa", body)
+    events: list[str] = []
+    record_holdings("vq:held:w1", "vq:fence:w1")
+    on_bulk_delivery(lambda n: events.append(f"bulk {n}"))
+    try:
+        with kombu_conn.channel() as channel:  # type: ignore[no-untyped-call]
+
+            def take(body: Any, message: Any) -> None:
+                events.append(body)
+                message.ack()
+
+            consumer = Consumer(channel, [Queue("qa")], callbacks=[take])
+            consumer.qos(prefetch_count=10)
+            consumer.consume()
+            while len(events) < 5:  # one drain may hand in the BRPOP message and the bulk
+                kombu_conn.drain_events(timeout=5)
+    finally:
+        on_bulk_delivery(None)
+        record_holdings(None)
+    # BRPOP hands in m1 itself; the three already waiting come in one announced bulk.
+    assert events == ["m1", "bulk 3", "m2", "m3", "m4"]
 
 
 def test_a_queue_entry_that_is_not_a_message_is_dropped_and_the_worker_lives(

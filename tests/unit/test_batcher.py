@@ -130,3 +130,38 @@ def test_drain_takes_everything_and_closes() -> None:
     assert b.next_batch(timeout=0) is None  # nothing is handed out after a hand-back
     with pytest.raises(RuntimeError):
         b.put("a", "late")
+
+
+def test_a_partial_batch_waits_for_an_announced_burst() -> None:
+    """A bulk delivery of 3 is being handed in one message at a time: the batch that has the
+    first item waits for the others past max_wait (and even when idle) instead of leaving."""
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(4, max_wait_s=0.005, clock=clock)
+    b.expect(3, within_s=0.05)
+    b.put("m", 1)
+    clock.now += 0.01  # past max_wait
+    assert b.next_batch(timeout=0) is None
+    assert b.next_batch(timeout=0, idle=lambda: True) is None
+    b.put("m", 2)
+    b.put("m", 3)
+    b.put("m", 4)
+    assert b.next_batch(timeout=0) == ("m", [1, 2, 3, 4])  # full
+    b.expect(2, within_s=0.05)
+    b.put("m", 5)
+    b.put("m", 6)  # all announced items came: the usual rule again
+    clock.now += 0.006
+    assert b.next_batch(timeout=0) == ("m", [5, 6])
+
+
+def test_an_announced_item_that_never_comes_costs_one_wait() -> None:
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(4, max_wait_s=0.005, clock=clock)
+    b.expect(2, within_s=0.03)
+    b.put("m", 1)
+    clock.now += 0.01
+    assert b.next_batch(timeout=0) is None  # still expecting one
+    clock.now += 0.03
+    assert b.next_batch(timeout=0) == ("m", [1])  # gave up on it
+    b.put("m", 2)
+    clock.now += 0.006
+    assert b.next_batch(timeout=0) == ("m", [2])  # the stale expectation is gone

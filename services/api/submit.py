@@ -14,9 +14,9 @@ from services.api.idempotency import Idempotency
 from services.api.messages import task_message
 from services.api.metrics import API_METRICS
 from services.api.state import ApiState
-from services.api.uploads import SubmitForm
+from services.api.uploads import SubmitForm, model_not_found
 from services.common import tracing
-from services.common.errors import ModelNotFound, PayloadTooLarge, QueueFull, StorageFull
+from services.common.errors import PayloadTooLarge, QueueFull, StorageFull
 from services.common.jobs import INTERACTIVE, queue_name
 from services.common.protocol.scripts import NewJob, submit_jobs
 
@@ -26,9 +26,7 @@ logger = logging.getLogger(__name__)
 def check_model(state: ApiState, model: str) -> None:
     """404 unless the model is served here."""
     if model not in state.settings.models:
-        raise ModelNotFound(
-            f"model {model!r} is not served; available: {', '.join(state.settings.models)}"
-        )
+        raise model_not_found(model, state.settings.models)
 
 
 def new_job_ids(count: int) -> list[str]:

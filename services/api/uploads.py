@@ -205,6 +205,13 @@ def safe_filename(name: str | None, index: int) -> str:
     return base or f"file{index}"
 
 
+def model_not_found(model: str, served: list[str]) -> ModelNotFound:
+    """404 ``model_not_found`` naming the model (cut at 100 characters: the form field may
+    be any size, and the message is echoed) and the models served."""
+    named = repr(model) if len(model) <= 100 else f"{model[:100]!r}... ({len(model)} chars)"
+    return ModelNotFound(f"model {named} is not served; available: {', '.join(served)}")
+
+
 async def read_form(
     request: Request,
     settings: ApiSettings,
@@ -284,9 +291,7 @@ async def _check(
             first.details["refused"] = [r.to_api() for r in refused]
         raise first
     if model not in settings.models or model not in registry:
-        raise ModelNotFound(
-            f"model {model!r} is not served; available: {', '.join(settings.models)}"
-        )
+        raise model_not_found(model, settings.models)
     raw: dict[str, str] = {}
     for key in form:
         value = _text(form, key) if key not in _RESERVED else None

@@ -121,6 +121,12 @@ def test_unknown_model_is_404(stack: Stack, no_new_jobs: None) -> None:
     resp = predict(stack.url, files(("a.jpg", jpeg(1))), model="no_such_model")
     assert resp.status_code == 404
     assert error_code(resp) == "model_not_found"
+    assert "'no_such_model' is not served" in resp.json()["error"]["message"]
+    # A 100 KB model name is named, not echoed whole.
+    resp = predict(stack.url, files(("a.jpg", jpeg(1))), model="m" * 100_000)
+    assert resp.status_code == 404
+    message = resp.json()["error"]["message"]
+    assert len(message) < 400 and "(100000 chars)" in message
 
 
 @pytest.mark.parametrize(

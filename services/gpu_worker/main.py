@@ -101,7 +101,10 @@ def run_worker(device: str, models: list[str] | None, index: int) -> int:
             use = PortUse(settings.metrics_host, port, f"worker {index} metrics",
                           "VISIONQ_METRICS_PORT (worker i uses it + i; 0 = off)")  # fmt: skip
             raise ConfigError(describe_taken(use, exc)) from exc
-        logger.info("worker metrics on :%d/metrics (probes: /readyz, /healthz)", port)
+        host = settings.metrics_host
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
+        logger.info("worker metrics on http://%s:%d/metrics (probes: /readyz, /healthz)",
+                    shown, port)  # fmt: skip
     metrics = WorkerMetrics(settings.max_batch_size)
     store = JobStore(client, settings.result_ttl_s, settings.max_deliveries)
     handback = HandBack(client)

@@ -5,8 +5,9 @@
 loaded and warmed, which takes seconds on the CPU and minutes with ``VISIONQ_COMPILE`` on
 CUDA. A rolling update then took old pods away while the new ones could serve nothing.
 Here ``/readyz`` answers 503 until the worker serves (its ``visionq_worker_up`` is 1) and
-again once it stops; ``/healthz`` answers 200 while the process lives. Every other path
-is prometheus_client's WSGI app, as before.
+again once it stops; ``/healthz`` answers 200 while the process lives; ``/metrics`` (and
+``/``) is prometheus_client's WSGI app, as before; any other path is 404, so a probe with
+a typo (``/ready``, ``/readyz/``) fails instead of passing on the metrics.
 """
 
 from __future__ import annotations
@@ -43,17 +44,22 @@ class _QuietHandler(WSGIRequestHandler):
 def probe_app(
     ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY
 ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-    """The WSGI app: ``/readyz`` (200 while ``ready()``, else 503), ``/healthz`` (200), and
-    the Prometheus exposition of ``registry`` on every other path."""
+    """The WSGI app: ``/readyz`` (200 while ``ready()``, else 503), ``/healthz`` (200), the
+    Prometheus exposition of ``registry`` on ``/metrics`` and ``/``, 404 elsewhere."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path not in ("/readyz", "/healthz"):
+        if path in ("/metrics", "/"):
             return metrics(environ, start_response)  # type: ignore[no-any-return]
-        ok = path == "/healthz" or ready()
-        body = b"ok\n" if ok else b"not ready: the worker is loading its models or stopping\n"
-        status = "200 OK" if ok else "503 Service Unavailable"
+        if path == "/readyz":
+            ok = ready()
+            body = b"ok\n" if ok else b"not ready: the worker is loading its models or stopping\n"
+            status = "200 OK" if ok else "503 Service Unavailable"
+        elif path == "/healthz":
+            body, status = b"ok\n", "200 OK"
+        else:
+            body, status = b"not found: /metrics, /readyz, /healthz\n", "404 Not Found"
         start_response(
             status,
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],

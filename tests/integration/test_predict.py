@@ -207,3 +207,13 @@ def test_a_deadline_missed_is_504_even_when_the_job_ended_expired_in_time(stack:
         (job_id,) = resp.json()["error"]["job_ids"]
         (record,) = wait_jobs(stack.url, [job_id], timeout=60)
         assert record["status"] == "expired"
+    # With a refused file beside it: still 504 (the refusal's entry is no answer), and the
+    # refusal is listed as a 4xx lists it.
+    for seed in range(6):
+        parts = files(("late.jpg", jpeg(seed, (96, 96))), ("notes.txt", b"not an image"))
+        resp = predict(stack.url, parts, timeout=0.001)
+        assert resp.status_code == 504, resp.text
+        error = resp.json()["error"]
+        assert len(error["job_ids"]) == 1
+        assert [r["filename"] for r in error["refused"]] == ["notes.txt"]
+        assert error["refused"][0]["error"]["code"] == "unsupported_media_type"

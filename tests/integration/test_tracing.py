@@ -151,7 +151,7 @@ def traced_stack(
 
 
 def _trace_of(collector: Collector, job_id: str, deadline_s: float = 30.0) -> list[Span]:
-    """Every span of the job's trace, once the worker's store span has arrived."""
+    """Every span of the job's trace, once its root and the worker's store span arrived."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         spans = collector.snapshot()
@@ -163,7 +163,10 @@ def _trace_of(collector: Collector, job_id: str, deadline_s: float = 30.0) -> li
         if jobs:
             trace_id = jobs[0].trace_id
             mine = [s for s in spans if s.trace_id == trace_id]
-            if {"visionq.store", "visionq.enqueue"} <= {s.name for s in mine}:
+            # The request span ends (and is exported) after the response was sent: on a
+            # busy machine it arrives after the worker's spans.
+            root = any(not s.parent_id for s in mine)
+            if root and {"visionq.store", "visionq.enqueue"} <= {s.name for s in mine}:
                 return mine
         time.sleep(0.2)
     names = sorted({(s.service, s.name) for s in collector.snapshot()})

@@ -39,5 +39,8 @@ def test_readyz_waits_for_the_model(models_file: Path, tmp_path: Path) -> None:
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             assert 'visionq_worker_up{device="cpu"} 1.0' in metrics
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            # A probe with a typo fails instead of passing on the metrics.
+            for wrong in ("/readyz/", "/ready", "/anything"):
+                assert httpx.get(f"http://127.0.0.1:{port}{wrong}", timeout=5).status_code == 404
         finally:
             stack.stop_all()

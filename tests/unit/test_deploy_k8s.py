@@ -113,6 +113,7 @@ def test_api_redis_and_services(variant: str) -> None:
         (container,) = worker["spec"]["template"]["spec"]["containers"]
         # Ready once the model is loaded and warmed, not when the metrics port is bound.
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["readinessProbe"]["timeoutSeconds"] >= 5
     redis = _of(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
     assert "--appendonly yes" in " ".join(redis["command"])
     # The API takes jobs for exactly the models some worker Deployment serves.

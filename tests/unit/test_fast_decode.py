@@ -119,13 +119,15 @@ def test_handlers_draft_only_when_enabled(monkeypatch: pytest.MonkeyPatch, enabl
 
     detector = DetectionHandler(options)
     detector.min_side = 320
-    array, scale = detector.decode(data, None)
+    array, back = detector.decode(data, None)
     # On: 1/4 scale (512x384 >= 320), boxes map back by the DCT factor. Off: full decode,
     # then shrunk to the detectors' longest side.
     if enabled:
-        assert (array.shape, scale) == ((3, 384, 512), 4.0)
+        assert (array.shape, back.sx, back.sy) == ((3, 384, 512), 4.0, 4.0)
     else:
-        assert (array.shape, scale) == ((3, 1000, 1333), pytest.approx(2048 / 1333, rel=1e-3))
+        assert array.shape == (3, 1000, 1333)
+        assert (back.sx, back.sy) == (pytest.approx(2048 / 1333), pytest.approx(1536 / 1000))
+    assert (back.width, back.height) == (2048, 1536)
 
     segmenter = SegmentationHandler(options)
     segmenter.size = 520
@@ -140,9 +142,10 @@ def test_handlers_draft_only_when_enabled(monkeypatch: pytest.MonkeyPatch, enabl
 def test_detector_scale_combines_draft_and_max_side(monkeypatch: pytest.MonkeyPatch) -> None:
     detector = DetectionHandler(HandlerOptions(fast_decode=True))
     detector.min_side = 800  # RetinaNet's: 4000x3000 decodes at 1/2, then 2000 -> 1333
-    array, scale = detector.decode(_jpeg((4000, 3000)), None)
+    array, back = detector.decode(_jpeg((4000, 3000)), None)
     assert array.shape == (3, 1000, 1333)
-    assert scale == pytest.approx(4000 / 1333, rel=1e-3)
+    assert back.sx == pytest.approx(4000 / 1333, rel=1e-3)
+    assert back.sy == pytest.approx(3000 / 1000, rel=1e-3)
 
 
 def test_fast_decode_agrees_with_the_exact_path_on_the_calibrated_model() -> None:

@@ -82,15 +82,23 @@ async def predict(request: Request) -> JSONResponse:
     records = await _records(state, job_ids, published if finished else {})
     if not finished and any(r is not None and r.status not in _ENDED for r in records):
         exc = Timeout(f"not done within {timeout:g}s; poll the jobs", job_ids=job_ids)
+        refused = [part.to_api() for part in form.order() if isinstance(part, Refusal)]
+        if refused:
+            exc.details["refused"] = refused
         raise exc
     predictions = _in_upload_order(form, records, job_ids)
-    if all(p.get("error", {}).get("code") == Status.EXPIRED.value for p in predictions):
+    jobs = [p for p in predictions if "job_id" in p]  # the refused files have no job
+    if all(p.get("error", {}).get("code") == Status.EXPIRED.value for p in jobs):
         # Ended in time, but without running: no worker reached them before the deadline.
-        # To the client that waited, that is a timeout (README, "Delivery rules").
-        raise Timeout(
+        # To the client that waited, that is a timeout (README, "Delivery rules"); files
+        # refused on upload are listed as a 4xx lists them.
+        late = Timeout(
             f"not done within {timeout:g}s: no worker reached the jobs before their deadline",
             job_ids=job_ids,
         )
+        if len(jobs) < len(predictions):
+            late.details["refused"] = [p for p in predictions if "job_id" not in p]
+        raise late
     if all(p.get("error", {}).get("code") == InvalidImage.code for p in predictions):
         first = predictions[0]["error"]
         raise InvalidImage(first["message"], job_ids=job_ids)

@@ -111,9 +111,16 @@ def test_api_redis_and_services(variant: str) -> None:
     assert api["readinessProbe"]["timeoutSeconds"] >= 5
     for worker in _workers(docs).values():
         (container,) = worker["spec"]["template"]["spec"]["containers"]
-        # Ready once the model is loaded and warmed, not when the metrics port is bound.
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert container["readinessProbe"]["timeoutSeconds"] >= 5
+        # Ready once the model is loaded and warmed, not when the metrics port is bound:
+        # every worker's, where a pod runs several (`visionq workers`, one port each).
+        probe = container["readinessProbe"]
+        ports = [p["containerPort"] for p in container["ports"]]
+        if len(ports) == 1:
+            assert probe["httpGet"] == {"path": "/readyz", "port": ports[0]}
+        else:
+            command = " ".join(probe["exec"]["command"])
+            assert "/readyz" in command and all(str(port) in command for port in ports)
+        assert probe["timeoutSeconds"] >= 5
     redis = _of(docs, "StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"][0]
     assert "--appendonly yes" in " ".join(redis["command"])
     # The API takes jobs for exactly the models some worker Deployment serves.

@@ -101,3 +101,14 @@ def test_batch_errors(stack: Stack) -> None:
     assert resp.status_code == 415 and error_code(resp) == "unsupported_media_type"
     resp = httpx.post(url, files=files(("a.jpg", jpeg(1, (64, 64)))), data={"model": "nope"})
     assert resp.status_code == 404 and error_code(resp) == "model_not_found"
+
+
+def test_status_urls_are_absolute_for_batches_as_for_jobs(stack: Stack) -> None:
+    parts = files(("a.jpg", jpeg(1, (64, 64))))
+    batch = httpx.post(f"{stack.url}/v1/batches", files=parts, data={"model": TEST_MODEL})
+    assert batch.status_code == 201, batch.text
+    body = batch.json()
+    assert body["status_url"] == f"{stack.url}/v1/batches/{body['batch_id']}"
+    assert httpx.get(body["status_url"]).status_code == 200
+    jobs = httpx.post(f"{stack.url}/v1/jobs", files=parts, data={"model": TEST_MODEL}).json()
+    assert jobs["jobs"][0]["status_url"].startswith(f"{stack.url}/v1/jobs/")

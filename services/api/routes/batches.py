@@ -169,7 +169,8 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
         await state.redis.delete(batch_key(batch_id))
         batch_id = first
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
-    body["status_url"] = f"/v1/batches/{batch_id}"
+    # Absolute, as /v1/jobs gives its status URLs (the proxy's scheme where trusted).
+    body["status_url"] = f"{str(request.base_url).rstrip('/')}/v1/batches/{batch_id}"
     body["refused"] = [r.to_api() for r in form.refused]
     return JSONResponse(body, status_code=201)
 

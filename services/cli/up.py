@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from services.cli.gpus import parse_gpu_arg, visible_gpus
 from services.cli.supervisor import ChildSpec, Supervisor, describe_returncode, worker_spec
 from services.common.errors import ConfigError
 from services.common.ports import PortUse, check_ports
-from services.common.redis_server import RedisServer, RedisServerError
+from services.common.redis_server import RedisServer, RedisServerError, free_port
 from services.common.settings import get_api_settings, get_worker_settings
 
 logger = logging.getLogger(__name__)
@@ -26,15 +25,6 @@ PROGRESS_EVERY_S = 5.0
 # 136 s for mobilenet_v3_small on 2 CPU cores), so it gets longer.
 READY_TIMEOUT_S = 120.0
 COMPILED_READY_TIMEOUT_S = 900.0
-
-
-def free_port(host: str) -> int:
-    """A TCP port nothing listens on at ``host`` right now (the OS picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def worker_stop_timeout_s() -> float:

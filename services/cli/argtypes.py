@@ -9,37 +9,30 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
+def _int_in(text: str, low: int, high: int | None, what: str) -> int:
+    """``text`` as an integer in [low, high] (no upper bound when None), else the error."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _int_in(text, 1, None, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return value
+    return _int_in(text, 0, None, "a non-negative integer")
 
 
 def port(text: str) -> int:
     """A TCP port, 0-65535 (0: any free one, where the option says so)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
-    return value
+    return _int_in(text, 0, 65535, "a TCP port")
 
 
 def seconds(text: str) -> float:

@@ -70,7 +70,10 @@ def _healthcheck(test: list[str], start_period: str = "20s") -> dict[str, Any]:
 
 def _python_get(url: str) -> list[str]:
     # The images carry Python but not curl; urlopen raises (exit 1) on a non-2xx answer.
-    code = f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"
+    # No proxy: an HTTP_PROXY in the environment would otherwise route 127.0.0.1 through it.
+    code = (
+        f"import urllib.request as u; u.build_opener(u.ProxyHandler({{}})).open('{url}', timeout=4)"
+    )
     return ["CMD", "python", "-c", code]
 
 

@@ -182,7 +182,12 @@ def run_up(
     if port == 0:
         # Chosen here, not by the API's bind: `up` must know where to probe and what to
         # print, and a restarted API must come back on the same port.
-        port = free_port(host)
+        try:
+            port = free_port(host)
+        except OSError as exc:  # gaierror included: a name that does not resolve
+            raise ConfigError(
+                f"--host {host!r} cannot be bound ({exc}); pick another with --host"
+            ) from None
     embedded = "redis_url" not in settings.model_fields_set
     check_ports(planned_ports(host, port, redis_port if embedded else 0, len(plan)))
     run_token = secrets.token_hex(16)

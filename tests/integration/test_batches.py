@@ -109,6 +109,9 @@ def test_status_urls_are_absolute_for_batches_as_for_jobs(stack: Stack) -> None:
     assert batch.status_code == 201, batch.text
     body = batch.json()
     assert body["status_url"] == f"{stack.url}/v1/batches/{body['batch_id']}"
-    assert httpx.get(body["status_url"]).status_code == 200
+    progress = httpx.get(body["status_url"])
+    assert progress.status_code == 200
+    assert progress.json()["results_url"] == f"{body['status_url']}/results"
+    assert httpx.get(progress.json()["results_url"]).status_code == 200
     jobs = httpx.post(f"{stack.url}/v1/jobs", files=parts, data={"model": TEST_MODEL}).json()
     assert jobs["jobs"][0]["status_url"].startswith(f"{stack.url}/v1/jobs/")

@@ -115,3 +115,14 @@ def test_ready_timeout_must_be_a_positive_finite_number(value: str) -> None:
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert f"'{value}' is not a positive, finite number of seconds" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("host", ["10.9.9.9", "nonexistent.invalid"])
+def test_port_0_on_a_host_that_cannot_be_bound_is_one_line(host: str) -> None:
+    """`--port 0` asks the OS for a port on --host: an address that is not this machine's,
+    or a name that does not resolve, gets the same one line and exit 2 as a taken port."""
+    argv = [sys.executable, "-m", "services.cli.main", "up", "--host", host, "--port", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"--host {host!r} cannot be bound" in done.stderr
+    assert "Traceback" not in done.stderr

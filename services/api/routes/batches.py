@@ -115,7 +115,15 @@ async def _ids(state: ApiState, batch_id: str, offset: int = 0) -> AsyncIterator
         start += len(page)
 
 
-async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict[str, Any]:
+def _base(request: Request) -> str:
+    """The API's own URL, for absolute links as /v1/jobs gives (the proxy's scheme where
+    trusted: VISIONQ_FORWARDED_ALLOW_IPS)."""
+    return str(request.base_url).rstrip("/")
+
+
+async def _summary(
+    state: ApiState, batch_id: str, meta: dict[str, str], base: str
+) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     async for ids in _ids(state, batch_id):
         counts.update(s or "expired" for s in await fetch_statuses(state.redis, ids))
@@ -134,7 +142,7 @@ async def _summary(state: ApiState, batch_id: str, meta: dict[str, str]) -> dict
         "pending": pending,
         "queued": counts["queued"],
         "running": counts["running"],
-        "results_url": f"/v1/batches/{batch_id}/results",
+        "results_url": f"{base}/v1/batches/{batch_id}/results",  # absolute, as status_url
     }
 
 
@@ -169,8 +177,7 @@ async def create_batch(request: Request, state: StateDep) -> JSONResponse:
         await state.redis.delete(batch_key(batch_id))
         batch_id = first
     body = {"batch_id": batch_id, "model": form.model, "added": len(form.files), "total": total}
-    # Absolute, as /v1/jobs gives its status URLs (the proxy's scheme where trusted).
-    body["status_url"] = f"{str(request.base_url).rstrip('/')}/v1/batches/{batch_id}"
+    body["status_url"] = f"{_base(request)}/v1/batches/{batch_id}"
     body["refused"] = [r.to_api() for r in form.refused]
     return JSONResponse(body, status_code=201)
 
@@ -195,10 +202,10 @@ async def add_files(batch_id: str, request: Request, state: StateDep) -> dict[st
 
 
 @router.get("/{batch_id}", response_model=BatchStatus, responses=error_responses(*V1_ERRORS, 404))
-async def get_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
+async def get_batch(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
     """Progress: total, succeeded, failed, cancelled, pending."""
     meta = await _meta(state, batch_id)
-    return await _summary(state, batch_id, meta)
+    return await _summary(state, batch_id, meta, _base(request))
 
 
 @router.get(
@@ -240,7 +247,7 @@ async def batch_results(
 @router.delete(
     "/{batch_id}", response_model=BatchCancelled, responses=error_responses(*V1_ERRORS, 404)
 )
-async def cancel_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, request: Request, state: StateDep) -> dict[str, Any]:
     """Cancel every job of the batch that has not started; running and ended ones stay."""
     meta = await _meta(state, batch_id)
     # Flag first: an upload that finishes after this sees the flag and cancels its own jobs.
@@ -249,4 +256,5 @@ async def cancel_batch(batch_id: str, state: StateDep) -> dict[str, Any]:
     cancelled = 0
     async for ids in _ids(state, batch_id):
         cancelled += await _cancel(state, ids)
-    return {**await _summary(state, batch_id, meta), "cancelled_now": cancelled}
+    summary = await _summary(state, batch_id, meta, _base(request))
+    return {**summary, "cancelled_now": cancelled}
